@@ -1,0 +1,219 @@
+"""Server settings: one frozen dataclass, filled from CLI flags and SAM3_GRPC_* variables.
+
+Every field of `Settings` is a flag of `sam3-grpc serve`; each flag also reads its default from
+the environment variable SAM3_GRPC_<FLAG> (upper case, dashes as underscores), so a container can
+be configured without a command line. Nothing is parsed at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+ENV_PREFIX = "SAM3_GRPC_"
+MODELS = ("sam3", "sam3-tiny", "synthetic")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Network
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_receive_message_bytes: int = 64 * MiB
+    max_send_message_bytes: int = 64 * MiB
+    reflection: bool = True
+    grace_s: float = 10.0
+    # Model
+    model: str = "sam3"
+    device: str = "auto"
+    checkpoint: str | None = None
+    bpe_path: str | None = None
+    compile: bool = False
+    synthetic_latency_ms: float = 0.0
+    # Executor
+    queue_size: int = 64
+    cpu_workers: int = 2
+    # Images
+    max_image_bytes: int = 48 * MiB
+    max_image_pixels: int = 50_000_000
+    max_prompts: int = 16
+    max_detections: int = 100
+    max_text_chars: int = 256
+    max_geometry_per_prompt: int = 64
+    media_roots: tuple[str, ...] = ()
+    cache_size: int = 8
+    cache_max_bytes: int = 4 * GiB
+    # Video
+    upload_dir: str | None = None
+    max_upload_bytes: int = 2 * GiB
+    upload_idle_timeout_s: float = 30.0
+    max_concurrent_uploads: int = 4
+    max_frames: int = 20_000
+    max_video_pixels: int = 3840 * 2160
+    max_sessions: int = 16
+    session_ttl_s: float = 1800.0
+    stream_buffer_frames: int = 4
+    # Logging
+    log_level: str = "INFO"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class _Flag:
+    field: str
+    help: str
+    type: Any = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G suffix (binary): 64M, 2G, 1048576."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1024, "M": MiB, "G": GiB}.get(text[-1:], 1)
+    number = text[:-1] if scale != 1 else text
+    value = int(float(number) * scale)
+    if value < 0:
+        raise argparse.ArgumentTypeError("sizes cannot be negative")
+    return value
+
+
+_FLAGS: tuple[_Flag, ...] = (
+    _Flag("host", "Address to bind. Loopback by default; use 0.0.0.0 to serve other hosts."),
+    _Flag("port", "Port to bind; 0 picks a free port (printed at start).", int),
+    _Flag("max_receive_message_bytes", "Largest request message accepted (e.g. 64M).", _size,
+          metavar="BYTES"),
+    _Flag("max_send_message_bytes", "Largest response message sent (e.g. 64M).", _size,
+          metavar="BYTES"),
+    _Flag("reflection", "Serve gRPC server reflection (for grpcurl).", _bool, metavar="BOOL"),
+    _Flag("grace_s", "Seconds running calls get to finish on SIGTERM/SIGINT.", float,
+          metavar="SECONDS"),
+    _Flag("model", "Model to serve. sam3 needs real weights; sam3-tiny has random weights "
+          "(its masks are meaningless; for tests); synthetic segments by colour (load tests).",
+          choices=MODELS),
+    _Flag("device", "auto (CUDA when available), cpu, cuda or cuda:N."),
+    _Flag("checkpoint", "Path to the SAM 3 checkpoint (sam3.pt). Default: the Hugging Face "
+          "cache of facebook/sam3, if present.", metavar="PATH"),
+    _Flag("bpe_path", "Path to the CLIP BPE vocabulary; default: the copy in open_clip_torch.",
+          metavar="PATH"),
+    _Flag("compile", "torch.compile the model on CUDA (slower start, faster steady state).",
+          _bool, metavar="BOOL"),
+    _Flag("synthetic_latency_ms", "Artificial device time per step of the synthetic engine.",
+          float, metavar="MS"),
+    _Flag("queue_size", "Jobs that may wait for the device; more are rejected with "
+          "RESOURCE_EXHAUSTED.", int),
+    _Flag("cpu_workers", "Threads for CPU-side work (image decode, mask encoding).", int),
+    _Flag("max_image_bytes", "Largest encoded image accepted.", _size, metavar="BYTES"),
+    _Flag("max_image_pixels", "Largest image accepted, in pixels (width x height), checked "
+          "from the header before decoding.", int, metavar="PIXELS"),
+    _Flag("max_prompts", "Most prompts in one SegmentImage request.", int),
+    _Flag("max_detections", "Most detections returned per prompt or frame.", int),
+    _Flag("max_text_chars", "Longest text prompt, in characters.", int),
+    _Flag("max_geometry_per_prompt", "Most boxes plus points in one prompt.", int),
+    _Flag("media_roots", "Directory whose files clients may name by path (repeatable; env: "
+          f"paths separated by '{os.pathsep}'). None by default: paths are refused.",
+          metavar="DIR", extra={"action": "append"}),
+    _Flag("cache_size", "Image encodings kept in the embedding cache (0 disables it).", int),
+    _Flag("cache_max_bytes", "Most bytes of device memory the embedding cache may hold.", _size,
+          metavar="BYTES"),
+    _Flag("upload_dir", "Where uploaded videos are stored. Default: a private temporary "
+          "directory (mode 0700), emptied at start and at shutdown.", metavar="DIR"),
+    _Flag("max_upload_bytes", "Largest video upload.", _size, metavar="BYTES"),
+    _Flag("upload_idle_timeout_s", "An upload with no chunk for this long is cut off.", float,
+          metavar="SECONDS"),
+    _Flag("max_concurrent_uploads", "Uploads in progress at once.", int),
+    _Flag("max_frames", "Most frames in a video.", int),
+    _Flag("max_video_pixels", "Most pixels in one video frame (width x height).", int,
+          metavar="PIXELS"),
+    _Flag("max_sessions", "Open video sessions at once.", int),
+    _Flag("session_ttl_s", "Idle seconds after which a session is closed.", float,
+          metavar="SECONDS"),
+    _Flag("stream_buffer_frames", "Frames computed ahead of a slow Propagate reader.", int),
+    _Flag("log_level", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+)
+
+
+def _flag_name(name: str) -> str:
+    # Duration fields read better on the command line without their unit suffix.
+    for suffix in ("_s", "_ms"):
+        if name.endswith(suffix) and name != "synthetic_latency_ms":
+            name = name[: -len(suffix)]
+    return name.replace("_", "-")
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + _flag_name(name).replace("-", "_").upper()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per Settings field; defaults come from the environment, then Settings."""
+    defaults = Settings()
+    for flag in _FLAGS:
+        default = getattr(defaults, flag.field)
+        env_name = env_var(flag.field)
+        help_text = f"{flag.help} [env {env_name}; default: %(default)s]"
+        kwargs: dict[str, Any] = {"dest": flag.field, "help": help_text, "metavar": flag.metavar}
+        if flag.choices:
+            kwargs["choices"] = flag.choices
+            kwargs.pop("metavar")
+        if flag.extra.get("action") == "append":
+            env_value = os.environ.get(env_name)
+            kwargs.update(action="append", default=None)
+            kwargs["help"] = help_text.replace("%(default)s", env_value or "none")
+        else:
+            kwargs["type"] = flag.type
+            env_value = os.environ.get(env_name)
+            kwargs["default"] = flag.type(env_value) if env_value is not None else default
+        parser.add_argument("--" + _flag_name(flag.field), **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values: dict[str, Any] = {}
+    for flag in _FLAGS:
+        value = getattr(args, flag.field)
+        if flag.field == "media_roots":
+            if value is None:
+                env_value = os.environ.get(env_var(flag.field), "")
+                value = [p for p in env_value.split(os.pathsep) if p]
+            value = tuple(value)
+        values[flag.field] = value
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Rejects settings that cannot work, with a message naming the flag."""
+    positive = (
+        "queue_size", "cpu_workers", "max_prompts", "max_detections", "max_image_bytes",
+        "max_image_pixels", "max_receive_message_bytes", "max_send_message_bytes",
+        "max_upload_bytes", "max_frames", "max_video_pixels", "max_sessions",
+        "stream_buffer_frames", "max_concurrent_uploads", "max_text_chars",
+    )
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"--{_flag_name(name)} must be positive")
+    if not 0 <= settings.port <= 65535:
+        raise ValueError("--port must be in [0, 65535]")
+    if settings.cache_size < 0:
+        raise ValueError("--cache-size cannot be negative")
+    if settings.session_ttl_s <= 0 or settings.upload_idle_timeout_s <= 0:
+        raise ValueError("--session-ttl and --upload-idle-timeout must be positive")

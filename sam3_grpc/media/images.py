@@ -1,0 +1,58 @@
+"""Decoding client images safely: size and pixel limits are checked from the header first.
+
+A small file can declare a huge canvas (a decompression bomb); Pillow reads the header lazily,
+so the declared size is checked before a single pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+
+from sam3_grpc.errors import InvalidArgument
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"})
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Decodes JPEG/PNG/WebP/BMP/TIFF bytes to an RGB uint8 array of shape (H, W, 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidArgument("image.content is empty: send the encoded image bytes")
+    if len(data) > max_bytes:
+        raise InvalidArgument(
+            f"image is {len(data)} bytes; this server accepts at most {max_bytes} bytes")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit runs first; Pillow's bomb warning would only duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ALLOWED_FORMATS:
+                raise InvalidArgument(
+                    f"image format {image.format} is not supported; send JPEG, PNG, WebP, BMP "
+                    "or TIFF")
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise InvalidArgument("image has no pixels")
+            if width * height > max_pixels:
+                raise InvalidArgument(
+                    f"image is {width}x{height} = {width * height} pixels; this server accepts "
+                    f"at most {max_pixels} pixels: downscale it first")
+            rgb = image.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8)
+    except InvalidArgument:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise InvalidArgument(
+            "image bytes are not a readable JPEG, PNG, WebP, BMP or TIFF image") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidArgument(f"image is truncated or corrupt: {exc}") from exc
+
+
+def content_key(data: bytes) -> str:
+    """The embedding-cache key of an encoded image: a hash of its bytes."""
+    return hashlib.blake2b(data, digest_size=20).hexdigest()

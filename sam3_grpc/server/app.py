@@ -1,0 +1,157 @@
+"""Assembling and running the server: create_server() for tests, serve() for the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import time
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from sam3_grpc.config import Settings
+from sam3_grpc.engines.base import Engine
+from sam3_grpc.server.cache import EmbeddingCache
+from sam3_grpc.server.executor import DeviceExecutor
+from sam3_grpc.server.health import HealthState
+from sam3_grpc.server.interceptors import ErrorMappingInterceptor
+from sam3_grpc.server.runtime import Runtime
+from sam3_grpc.server.segmentation import SegmentationServicer
+from sam3_grpc.server.sessions import SessionManager
+from sam3_grpc.server.status import StatusServicer
+from sam3_grpc.server.video import VideoServicer
+from sam3_grpc.types import ModelKind
+from sam3_grpc.v1 import (
+    segmentation_service_pb2,
+    segmentation_service_pb2_grpc,
+    status_service_pb2,
+    status_service_pb2_grpc,
+    video_service_pb2,
+    video_service_pb2_grpc,
+)
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    segmentation_service_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name,
+    video_service_pb2.DESCRIPTOR.services_by_name["VideoService"].full_name,
+    status_service_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
+)
+HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
+
+
+class Sam3Server:
+    """A bound, not yet started server. `start()` serves at once (health NOT_SERVING), loads and
+    warms up the engine on its executor thread, then turns health SERVING."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.executor = DeviceExecutor(engine, capacity=settings.queue_size)
+        self.runtime = Runtime(
+            settings=settings,
+            engine=engine,
+            executor=self.executor,
+            cache=EmbeddingCache(max_entries=settings.cache_size,
+                                 max_bytes=settings.cache_max_bytes),
+            health=HealthState(SERVICE_NAMES),
+            cpu_pool=concurrent.futures.ThreadPoolExecutor(
+                settings.cpu_workers, thread_name_prefix="cpu"),
+        )
+        self.sessions = SessionManager(self.runtime)
+        self.runtime.sessions = self.sessions
+        self.server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+                ("grpc.max_send_message_length", settings.max_send_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(
+            SegmentationServicer(self.runtime), self.server)
+        video_service_pb2_grpc.add_VideoServiceServicer_to_server(
+            VideoServicer(self.runtime, self.sessions), self.server)
+        status_service_pb2_grpc.add_StatusServiceServicer_to_server(
+            StatusServicer(self.runtime), self.server)
+        from grpc_health.v1 import health_pb2_grpc
+
+        health_pb2_grpc.add_HealthServicer_to_server(self.runtime.health.servicer, self.server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {settings.host}:{settings.port}")
+        self._stopped = False
+
+    async def start(self) -> None:
+        runtime = self.runtime
+        await runtime.health.publish()  # NOT_SERVING until the model is ready
+        await self.server.start()
+        self.executor.start()
+        self.executor.add_depth_listener(runtime.health.on_queue_depth)
+        await self.sessions.start()
+        engine = runtime.engine
+        started = time.monotonic()
+        await asyncio.wrap_future(self.executor.run_soon(lambda e: e.load(), label="load"))
+        runtime.load_s = time.monotonic() - started
+        started = time.monotonic()
+        await asyncio.wrap_future(self.executor.run_soon(lambda e: e.warmup(), label="warmup"))
+        runtime.warmup_s = time.monotonic() - started
+        info = engine.info
+        logger.info("model %s (%s) on %s ready: load %.1f s, warm-up %.1f s, weights: %s",
+                    info.name, info.kind.value, info.device, runtime.load_s, runtime.warmup_s,
+                    info.weights_source)
+        if info.kind is not ModelKind.REAL:
+            logger.warning("model %s is not a trained SAM 3: its masks are not meaningful "
+                           "segmentations of real scenes", info.name)
+        await runtime.health.set_ready()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let running ones finish within grace seconds,
+        close every session and delete uploads, then stop the executor."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.grace_s if grace is None else grace
+        await self.runtime.health.shutdown()
+        await self.server.stop(grace)
+        await self.sessions.close_all()
+        self.executor.stop(timeout=grace)
+        self.runtime.cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def create_server(settings: Settings, engine: Engine) -> tuple[Sam3Server, int]:
+    """Builds and binds a server (port 0 picks a free one); call `await server.start()`."""
+    server = Sam3Server(settings, engine)
+    return server, server.port
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    from sam3_grpc.engines import create_engine
+
+    server, port = create_server(settings, create_engine(settings))
+    logger.info("sam3-grpc listening on %s:%d (model %s)", settings.host, port, settings.model)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        starting = asyncio.ensure_future(server.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()  # a load failure surfaces here
+            await stopping
+        else:
+            starting.cancel()
+        logger.info("shutting down (grace %.1f s)", settings.grace_s)
+    finally:
+        await server.stop()
+    logger.info("stopped")

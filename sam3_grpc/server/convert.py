@@ -1,0 +1,214 @@
+"""Protobuf ⇄ domain conversion, with the validation of every client-supplied value.
+
+Validation happens here, before any work is queued, so a malformed request costs nothing on the
+device and gets INVALID_ARGUMENT with a message naming the offending field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sam3_grpc.config import Settings
+from sam3_grpc.errors import InvalidArgument
+from sam3_grpc.media import masks
+from sam3_grpc.types import Box, Direction, LabeledBox, LabeledPoint, Prompt, RawDetection
+from sam3_grpc.v1 import common_pb2, video_service_pb2
+
+MASK_ENCODINGS = {
+    common_pb2.MASK_ENCODING_UNSPECIFIED: "rle",
+    common_pb2.MASK_ENCODING_RLE: "rle",
+    common_pb2.MASK_ENCODING_PNG: "png",
+    common_pb2.MASK_ENCODING_NONE: "none",
+}
+DIRECTIONS = {
+    video_service_pb2.PROPAGATION_DIRECTION_UNSPECIFIED: Direction.FORWARD,
+    video_service_pb2.PROPAGATION_DIRECTION_FORWARD: Direction.FORWARD,
+    video_service_pb2.PROPAGATION_DIRECTION_BACKWARD: Direction.BACKWARD,
+    video_service_pb2.PROPAGATION_DIRECTION_BOTH: Direction.BOTH,
+}
+MAX_POLYGON_TOLERANCE = 100.0
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What to return per detection, and which detections to keep."""
+
+    mask_encoding: str = "rle"
+    include_polygons: bool = False
+    polygon_tolerance: float = 0.0
+    score_threshold: float = 0.5
+    min_area: int = 0
+    max_detections: int = 100
+
+
+# ----- requests → domain ---------------------------------------------------------------------
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{what} is {value}; coordinates must be finite numbers")
+    return float(value)
+
+
+def _positive(label: int, what: str) -> bool:
+    if label == common_pb2.PROMPT_LABEL_NEGATIVE:
+        return False
+    if label in (common_pb2.PROMPT_LABEL_POSITIVE, common_pb2.PROMPT_LABEL_UNSPECIFIED):
+        return True
+    raise InvalidArgument(f"{what}.label has unknown value {label}")
+
+
+def prompt_from_proto(message: common_pb2.Prompt, settings: Settings, where: str) -> Prompt:
+    """Checks the parts of a prompt that do not depend on the image size."""
+    text = message.text.strip()
+    if len(text) > settings.max_text_chars:
+        raise InvalidArgument(
+            f"{where}.text has {len(text)} characters; at most {settings.max_text_chars} allowed")
+    geometry = len(message.boxes) + len(message.points)
+    if geometry > settings.max_geometry_per_prompt:
+        raise InvalidArgument(
+            f"{where} has {geometry} boxes and points; at most "
+            f"{settings.max_geometry_per_prompt} allowed")
+    boxes = []
+    for i, labeled in enumerate(message.boxes):
+        what = f"{where}.boxes[{i}]"
+        if not labeled.HasField("box"):
+            raise InvalidArgument(f"{what}.box is missing")
+        b = labeled.box
+        box = Box(_finite(b.x_min, f"{what}.box.x_min"), _finite(b.y_min, f"{what}.box.y_min"),
+                  _finite(b.x_max, f"{what}.box.x_max"), _finite(b.y_max, f"{what}.box.y_max"))
+        if box.x_max <= box.x_min or box.y_max <= box.y_min:
+            raise InvalidArgument(
+                f"{what}.box is empty or inverted ({box.x_min}, {box.y_min}, {box.x_max}, "
+                f"{box.y_max}): x_max must exceed x_min and y_max must exceed y_min")
+        boxes.append(LabeledBox(box, _positive(labeled.label, what)))
+    points = []
+    for i, labeled in enumerate(message.points):
+        what = f"{where}.points[{i}]"
+        if not labeled.HasField("point"):
+            raise InvalidArgument(f"{what}.point is missing")
+        points.append(LabeledPoint(_finite(labeled.point.x, f"{what}.point.x"),
+                                   _finite(labeled.point.y, f"{what}.point.y"),
+                                   _positive(labeled.label, what)))
+    prompt = Prompt(text=text, boxes=tuple(boxes), points=tuple(points))
+    if prompt.is_empty():
+        raise InvalidArgument(f"{where} is empty: give text, boxes or points")
+    return prompt
+
+
+def prompts_from_proto(messages: Sequence[common_pb2.Prompt], settings: Settings) -> list[Prompt]:
+    if not messages:
+        raise InvalidArgument("prompts is empty: give at least one prompt")
+    if len(messages) > settings.max_prompts:
+        raise InvalidArgument(
+            f"{len(messages)} prompts given; this server accepts at most {settings.max_prompts} "
+            "per request: split them over several requests")
+    return [prompt_from_proto(m, settings, f"prompts[{i}]") for i, m in enumerate(messages)]
+
+
+def fit_prompt_to_image(prompt: Prompt, width: int, height: int, where: str) -> Prompt:
+    """Checks points lie inside the image and clips boxes to it (a box wholly outside fails)."""
+    for i, point in enumerate(prompt.points):
+        if not (0 <= point.x < width and 0 <= point.y < height):
+            raise InvalidArgument(
+                f"{where}.points[{i}] ({point.x}, {point.y}) lies outside the {width}x{height} "
+                "image; coordinates are pixels from the top-left corner")
+    boxes = []
+    for i, labeled in enumerate(prompt.boxes):
+        b = labeled.box
+        clipped = Box(max(0.0, b.x_min), max(0.0, b.y_min), min(float(width), b.x_max),
+                      min(float(height), b.y_max))
+        if clipped.x_max <= clipped.x_min or clipped.y_max <= clipped.y_min:
+            raise InvalidArgument(
+                f"{where}.boxes[{i}] ({b.x_min}, {b.y_min}, {b.x_max}, {b.y_max}) lies outside "
+                f"the {width}x{height} image")
+        boxes.append(LabeledBox(clipped, labeled.positive))
+    return Prompt(text=prompt.text, boxes=tuple(boxes), points=prompt.points)
+
+
+def output_from_proto(
+    message: common_pb2.OutputOptions, settings: Settings, default_threshold: float
+) -> OutputSpec:
+    if message.mask_encoding not in MASK_ENCODINGS:
+        raise InvalidArgument(f"output.mask_encoding has unknown value {message.mask_encoding}")
+    tolerance = message.polygon_tolerance
+    if not (math.isfinite(tolerance) and 0 <= tolerance <= MAX_POLYGON_TOLERANCE):
+        raise InvalidArgument(
+            f"output.polygon_tolerance is {tolerance}; it must be in [0, {MAX_POLYGON_TOLERANCE}]")
+    threshold = default_threshold
+    if message.HasField("score_threshold"):
+        threshold = message.score_threshold
+        if not (math.isfinite(threshold) and 0 <= threshold <= 1):
+            raise InvalidArgument(f"output.score_threshold is {threshold}; it must be in [0, 1]")
+    max_detections = message.max_detections or settings.max_detections
+    if max_detections > settings.max_detections:
+        raise InvalidArgument(
+            f"output.max_detections is {max_detections}; this server returns at most "
+            f"{settings.max_detections}")
+    return OutputSpec(
+        mask_encoding=MASK_ENCODINGS[message.mask_encoding],
+        include_polygons=message.include_polygons,
+        polygon_tolerance=float(tolerance),
+        score_threshold=float(threshold),
+        min_area=message.min_area,
+        max_detections=max_detections,
+    )
+
+
+def direction_from_proto(value: int) -> Direction:
+    if value not in DIRECTIONS:
+        raise InvalidArgument(f"direction has unknown value {value}")
+    return DIRECTIONS[value]
+
+
+# ----- domain → responses --------------------------------------------------------------------
+def box_to_proto(box: Box) -> common_pb2.Box:
+    return common_pb2.Box(x_min=box.x_min, y_min=box.y_min, x_max=box.x_max, y_max=box.y_max)
+
+
+def detection_to_proto(raw: RawDetection, spec: OutputSpec, mask_area: int) -> common_pb2.Detection:
+    mask = raw.mask
+    height, width = mask.shape
+    box = raw.box or masks.tight_box(mask) or Box(0.0, 0.0, 0.0, 0.0)
+    detection = common_pb2.Detection(
+        object_id=raw.object_id,
+        score=float(np.clip(raw.score, 0.0, 1.0)),
+        box=box_to_proto(box),
+        area=mask_area,
+    )
+    if spec.mask_encoding == "rle":
+        detection.mask.CopyFrom(
+            common_pb2.Mask(width=width, height=height, rle_counts=masks.encode_rle(mask)))
+    elif spec.mask_encoding == "png":
+        detection.mask.CopyFrom(
+            common_pb2.Mask(width=width, height=height, png=masks.encode_png(mask)))
+    if spec.include_polygons:
+        for polygon in masks.polygons(mask, spec.polygon_tolerance):
+            detection.polygons.add().points.extend(
+                common_pb2.Point(x=float(x), y=float(y)) for x, y in polygon)
+    return detection
+
+
+def render_detections(
+    raw: Sequence[RawDetection], spec: OutputSpec
+) -> list[common_pb2.Detection]:
+    """Filters by score and area, keeps the best max_detections, and encodes each one."""
+    kept: list[tuple[RawDetection, int]] = []
+    for detection in raw:
+        if detection.score < spec.score_threshold:
+            continue
+        mask_area = masks.area(detection.mask)
+        if mask_area < spec.min_area:
+            continue
+        kept.append((detection, mask_area))
+    kept.sort(key=lambda item: -item[0].score)
+    return [detection_to_proto(d, spec, a) for d, a in kept[: spec.max_detections]]
+
+
+def timestamp(epoch_seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(epoch_seconds * 1e9))
+    return stamp

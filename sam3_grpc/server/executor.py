@@ -1,0 +1,264 @@
+"""The device executor: one thread that owns every engine call for one device.
+
+Servicers run on the asyncio event loop and never touch the model; they `submit` a job (a
+function of the engine) and await its result. The queue is bounded: a full queue rejects at once
+with RESOURCE_EXHAUSTED and a RetryInfo hint. Before a job runs the thread checks its caller is
+still waiting: a job whose caller cancelled, or whose deadline passed while it was queued, is
+dropped without touching the engine. An exception fails only its own job.
+
+Long work (video propagation) is split into one job per frame by the caller, so other requests are
+served between frames and several propagations share the device round-robin through the FIFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sam3_grpc.engines.base import Engine
+from sam3_grpc.errors import (
+    DeadlineExceeded,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+    is_out_of_memory,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DepthListener = Callable[[int, int], None]
+
+
+@dataclass
+class ExecutorStats:
+    depth: int
+    capacity: int
+    running: int
+    completed: int
+    rejected: int
+    dropped: int
+
+
+class _Job:
+    __slots__ = ("fn", "label", "deadline", "loop", "future", "abandoned", "enqueued_at")
+
+    def __init__(self, fn, label, deadline, loop, future) -> None:
+        self.fn = fn
+        self.label = label
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.loop = loop  # None for internal jobs resolved through a concurrent future
+        self.future = future
+        self.abandoned = False  # set on the event loop when the caller stops waiting
+        self.enqueued_at = time.monotonic()
+
+
+class DeviceExecutor:
+    """Runs engine jobs one at a time on a dedicated thread."""
+
+    def __init__(self, engine: Engine, *, capacity: int, name: str = "device") -> None:
+        self.engine = engine
+        self.capacity = capacity
+        self.name = name
+        self._queue: collections.deque[_Job] = collections.deque()
+        # Internal jobs (start-up, closing sessions and generators) run first, in FIFO order,
+        # and never count against the capacity.
+        self._internal: collections.deque[_Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._running = 0
+        self._completed = 0
+        self._rejected = 0
+        self._dropped = 0
+        # Exponential moving average of job run time: the RetryInfo hint for a full queue.
+        self._mean_run_s = 0.05
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, DepthListener]] = []
+        self._thread = threading.Thread(target=self._run, name=f"executor-{name}", daemon=True)
+
+    # ----- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stops after the running job; jobs still queued fail with UNAVAILABLE."""
+        with self._cv:
+            self._stopping = True
+            pending = list(self._queue) + list(self._internal)
+            self._queue.clear()
+            self._internal.clear()
+            self._cv.notify_all()
+        for job in pending:
+            self._resolve(job, exc=Unavailable("the server is shutting down; retry on another "
+                                               "replica or after it restarts"))
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def add_depth_listener(self, listener: DepthListener) -> None:
+        """Calls listener(depth, capacity) on the current event loop whenever the depth changes."""
+        self._listeners.append((asyncio.get_running_loop(), listener))
+
+    # ----- submitting ------------------------------------------------------------------------
+    async def submit(
+        self, fn: Callable[[Engine], T], *, deadline: float | None = None, label: str = "job"
+    ) -> T:
+        """Queues fn(engine) and waits for its result.
+
+        deadline is a time.monotonic() instant after which the job must not start. Cancelling the
+        awaiting task abandons the job: if it has not started it never will.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        job = _Job(fn, label, deadline, loop, future)
+        with self._cv:
+            if self._stopping:
+                raise Unavailable("the server is shutting down; retry on another replica")
+            if len(self._queue) >= self.capacity:
+                self._rejected += 1
+                retry_after = self._retry_after_locked()
+                raise ResourceExhausted(
+                    f"the server's queue is full ({self.capacity} jobs waiting for the device); "
+                    f"retry in about {retry_after:.1f} s or use another replica",
+                    retry_after_s=retry_after,
+                )
+            self._queue.append(job)
+            depth = len(self._queue)
+            self._cv.notify()
+        self._notify_depth(depth)
+        try:
+            return await future
+        finally:
+            # Reached on cancellation too: the worker skips abandoned jobs it has not started.
+            job.abandoned = True
+
+    def run_soon(self, fn: Callable[[Engine], T], *, label: str = "cleanup") -> concurrent.futures.Future:
+        """Queues internal work (closing a session, finishing a generator) that must run even
+        when the queue is full and cannot be abandoned; returns a concurrent future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        job = _Job(fn, label, None, None, future)
+        with self._cv:
+            if self._stopping:
+                future.set_exception(Unavailable("the server is shutting down"))
+                return future
+            self._internal.append(job)
+            self._cv.notify()
+        return future
+
+    def call_now(self, fn: Callable[[Engine], T]) -> T:
+        """Runs fn on the executor thread and blocks until done. For start-up (load, warm-up)
+        and shutdown only: never call it from the event loop while serving."""
+        return self.run_soon(fn, label="sync").result()
+
+    # ----- introspection ---------------------------------------------------------------------
+    def stats(self) -> ExecutorStats:
+        with self._cv:
+            return ExecutorStats(
+                depth=len(self._queue),
+                capacity=self.capacity,
+                running=self._running,
+                completed=self._completed,
+                rejected=self._rejected,
+                dropped=self._dropped,
+            )
+
+    # ----- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._internal and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                job = self._internal.popleft() if self._internal else self._queue.popleft()
+                depth = len(self._queue)
+                skip_reason = self._skip_reason(job)
+                if skip_reason is None:
+                    self._running = 1
+                else:
+                    self._dropped += 1
+            self._notify_depth(depth)
+            if skip_reason == "deadline":
+                self._resolve(job, exc=DeadlineExceeded(
+                    "the deadline passed while the request waited in the server's queue; it was "
+                    "not run (allow a longer deadline or retry when the server is less busy)"))
+                continue
+            if skip_reason == "abandoned":
+                logger.debug("dropped %s: caller went away before it ran", job.label)
+                continue
+            started = time.monotonic()
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = job.fn(self.engine)
+            except ServiceError as exc:
+                error = exc
+            except BaseException as exc:  # noqa: BLE001 - one job's failure must not kill the thread
+                if is_out_of_memory(exc):
+                    logger.warning("%s ran out of device memory: %s", job.label, exc)
+                    self._free_cached_memory()
+                    error = ResourceExhausted(
+                        "the device ran out of memory for this request; retry later, with a "
+                        "smaller image or video, or on another replica", retry_after_s=1.0)
+                else:
+                    logger.exception("%s failed", job.label)
+                    error = exc
+            elapsed = time.monotonic() - started
+            with self._cv:
+                self._running = 0
+                self._completed += 1
+                self._mean_run_s = 0.9 * self._mean_run_s + 0.1 * elapsed
+            self._resolve(job, result=result, exc=error)
+
+    def _skip_reason(self, job: _Job) -> str | None:
+        if job.abandoned:
+            return "abandoned"
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            return "deadline"
+        return None
+
+    def _retry_after_locked(self) -> float:
+        return max(0.1, min(30.0, self._mean_run_s * (len(self._queue) + 1)))
+
+    @staticmethod
+    def _free_cached_memory() -> None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - best effort after an OOM
+            pass
+
+    def _resolve(self, job: _Job, *, result: Any = None, exc: BaseException | None = None) -> None:
+        if job.loop is None:
+            if exc is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(exc)
+            return
+
+        def settle() -> None:
+            if job.future.done():  # the caller cancelled meanwhile
+                return
+            if exc is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(exc)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _notify_depth(self, depth: int) -> None:
+        for loop, listener in self._listeners:
+            try:
+                loop.call_soon_threadsafe(listener, depth, self.capacity)
+            except RuntimeError:
+                pass

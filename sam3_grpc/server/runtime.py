@@ -1,0 +1,57 @@
+"""What the servicers share: settings, the device executor, the CPU pool, cache and health."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from sam3_grpc.config import Settings
+from sam3_grpc.engines.base import Engine
+from sam3_grpc.errors import Unavailable
+from sam3_grpc.server.cache import EmbeddingCache
+from sam3_grpc.server.executor import DeviceExecutor
+from sam3_grpc.server.health import HealthState
+
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    executor: DeviceExecutor
+    cache: EmbeddingCache
+    health: HealthState
+    cpu_pool: concurrent.futures.ThreadPoolExecutor
+    started_at: float = field(default_factory=time.time)
+    load_s: float = 0.0
+    warmup_s: float = 0.0
+    # The video session manager (set by create_server); typed loosely to avoid an import cycle.
+    sessions: Any = None
+
+    def require_ready(self) -> None:
+        if self.health.shutting_down:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        if not self.health.ready:
+            raise Unavailable("the model is still loading; retry in a few seconds (watch "
+                              "grpc.health.v1 for SERVING)", retry_after_s=2.0)
+
+    async def on_cpu(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Runs CPU-side work (decode, mask encoding) on the CPU pool, off the device thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.cpu_pool, functools.partial(fn, *args, **kwargs))
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a time.monotonic() instant (None when the client set none)."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return time.monotonic() + remaining

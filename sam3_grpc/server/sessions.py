@@ -1,0 +1,217 @@
+"""Video sessions: ids, limits, idle expiry, and the upload directory.
+
+All bookkeeping happens on the event loop; engine state is created, changed and freed only by
+executor jobs. A session closed while a job of its own is queued is detected by that job (it
+checks `closed` on the executor thread) so freed state is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sam3_grpc.errors import FailedPrecondition, NotFound, ResourceExhausted
+from sam3_grpc.types import VideoSource
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_PREFIX = "sam3grpc-upload-"
+PRIVATE_DIR_PREFIX = "sam3-grpc-uploads-"
+OWNER_FILE = "owner.pid"
+
+
+@dataclass
+class Session:
+    session_id: str
+    source: VideoSource
+    uploaded: bool
+    upload_path: Path | None
+    state: Any = None
+    created_at: float = field(default_factory=time.time)
+    last_used_at: float = field(default_factory=time.time)
+    object_ids: list[int] = field(default_factory=list)
+    prompted_frames: list[int] = field(default_factory=list)
+    memory_bytes: int = 0
+    propagating: bool = False
+    pending_ops: int = 0  # AddPrompt/RemoveObject/ResetSession calls queued or running
+    closed: bool = False
+
+    def touch(self) -> None:
+        self.last_used_at = time.time()
+
+    def require_idle(self) -> None:
+        if self.propagating:
+            raise FailedPrecondition(
+                f"session {self.session_id} is propagating; cancel that Propagate call or wait "
+                "for it to finish")
+
+    def require_no_pending_ops(self) -> None:
+        if self.pending_ops:
+            raise FailedPrecondition(
+                f"session {self.session_id} has a prompt change in progress; call Propagate "
+                "after it has returned")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SessionManager:
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self._sessions: dict[str, Session] = {}
+        self._opening = 0  # sessions being created (counted against the limit)
+        self.upload_dir: Path | None = None
+        self._private_upload_dir = False
+        self._reaper: asyncio.Task | None = None
+        self.upload_slots = asyncio.Semaphore(self.settings.max_concurrent_uploads)
+        self.uploads_in_progress = 0
+
+    # ----- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.upload_dir = self._prepare_upload_dir()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    def _prepare_upload_dir(self) -> Path:
+        configured = self.settings.upload_dir
+        if configured:
+            directory = Path(configured)
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for leftover in directory.glob(UPLOAD_PREFIX + "*"):
+                logger.info("removing upload left over by a previous run: %s", leftover.name)
+                leftover.unlink(missing_ok=True)
+            return directory
+        self._private_upload_dir = True
+        tmp_root = Path(tempfile.gettempdir())
+        for stale in tmp_root.glob(PRIVATE_DIR_PREFIX + "*"):
+            try:
+                pid = int((stale / OWNER_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if not _pid_alive(pid):
+                logger.info("removing upload directory of a crashed run: %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        directory = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))  # mode 0700
+        (directory / OWNER_FILE).write_text(str(os.getpid()))
+        return directory
+
+    def new_upload_path(self, extension: str) -> Path:
+        assert self.upload_dir is not None
+        return self.upload_dir / f"{UPLOAD_PREFIX}{secrets.token_hex(12)}{extension}"
+
+    async def close_all(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for session_id in list(self._sessions):
+            await self.close(session_id, wait=False)
+        if self.upload_dir is not None:
+            if self._private_upload_dir:
+                shutil.rmtree(self.upload_dir, ignore_errors=True)
+            else:
+                for leftover in self.upload_dir.glob(UPLOAD_PREFIX + "*"):
+                    leftover.unlink(missing_ok=True)
+
+    # ----- queries ---------------------------------------------------------------------------
+    def count(self) -> int:
+        return len(self._sessions)
+
+    def memory_bytes(self) -> int:
+        return sum(s.memory_bytes for s in self._sessions.values())
+
+    def list(self) -> list[Session]:
+        return sorted(self._sessions.values(), key=lambda s: s.created_at)
+
+    def get(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.closed:
+            raise NotFound(f"no session {session_id!r} on this server: it was closed, expired "
+                           "after being idle, or belongs to another replica")
+        session.touch()
+        return session
+
+    def expire_time(self, session: Session) -> float:
+        return session.last_used_at + self.settings.session_ttl_s
+
+    # ----- opening and closing ---------------------------------------------------------------
+    def reserve(self) -> None:
+        """Claims a session slot before expensive work (an upload); release with `release`."""
+        if len(self._sessions) + self._opening >= self.settings.max_sessions:
+            raise ResourceExhausted(
+                f"this server already holds {self.settings.max_sessions} video sessions; close "
+                "one (CloseSession) or wait for idle ones to expire", retry_after_s=5.0)
+        self._opening += 1
+
+    def release(self) -> None:
+        self._opening -= 1
+
+    async def open_reserved(
+        self, source: VideoSource, *, upload_path: Path | None, deadline: float | None
+    ) -> Session:
+        """Creates the engine state for a reserved slot. The caller still calls `release`."""
+        session = Session(
+            session_id=secrets.token_urlsafe(16),
+            source=source,
+            uploaded=upload_path is not None,
+            upload_path=upload_path,
+        )
+
+        def start(engine):
+            state = engine.start_session(source)
+            return state, engine.session_nbytes(state)
+
+        session.state, session.memory_bytes = await self.runtime.executor.submit(
+            start, deadline=deadline, label="StartSession")
+        self._sessions[session.session_id] = session
+        logger.info("session %s opened: %d frames %dx%d%s", session.session_id,
+                    source.info.frame_count, source.info.width, source.info.height,
+                    " (uploaded)" if session.uploaded else "")
+        return session
+
+    async def close(self, session_id: str, *, wait: bool = True) -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.closed = True
+
+        def free(engine) -> None:
+            if session.state is not None:
+                engine.close_session(session.state)
+                session.state = None
+
+        # Internal job: runs even when the queue is full, and cannot be abandoned.
+        done = self.runtime.executor.run_soon(free, label="CloseSession")
+        if wait:
+            try:
+                await asyncio.wrap_future(done)
+            except Exception:  # noqa: BLE001 - the state is dropped either way
+                logger.exception("closing session %s failed", session_id)
+        if session.upload_path is not None:
+            session.upload_path.unlink(missing_ok=True)
+        logger.info("session %s closed", session_id)
+        return True
+
+    async def _reap_forever(self) -> None:
+        interval = max(0.05, min(30.0, self.settings.session_ttl_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            for session in list(self._sessions.values()):
+                if not session.propagating and now >= self.expire_time(session):
+                    logger.info("session %s expired after %.0f s idle", session.session_id,
+                                now - session.last_used_at)
+                    await self.close(session.session_id)

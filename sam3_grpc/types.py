@@ -1,0 +1,121 @@
+"""Domain types shared by the servicers, the executor and the engines.
+
+Engines speak only these types (never protobuf), so they can be driven in-process by benchmarks
+and tests exactly as the server drives them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box, origin top-left, x_max/y_max exclusive."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    @property
+    def width(self) -> float:
+        return self.x_max - self.x_min
+
+    @property
+    def height(self) -> float:
+        return self.y_max - self.y_min
+
+
+@dataclass(frozen=True)
+class LabeledBox:
+    box: Box
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class LabeledPoint:
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A text phrase, box exemplars, clicks, or a mix of them."""
+
+    text: str = ""
+    boxes: tuple[LabeledBox, ...] = ()
+    points: tuple[LabeledPoint, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not self.text and not self.boxes and not self.points
+
+
+@dataclass
+class RawDetection:
+    """One object as an engine returns it: a full-size boolean mask and a score.
+
+    `box` may be left None; the server then derives the tight box from the mask.
+    """
+
+    mask: np.ndarray  # bool, shape (height, width)
+    score: float
+    object_id: int = 0
+    box: Box | None = None
+
+
+@dataclass
+class FrameOutput:
+    """Every tracked object on one video frame."""
+
+    frame_index: int
+    objects: list[RawDetection] = field(default_factory=list)
+
+
+class Direction(enum.Enum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frame_count: int
+    fps: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A probed video on local disk: a container file or a folder of JPEG frames."""
+
+    path: str
+    info: VideoInfo
+    is_frame_folder: bool = False
+
+
+class ModelKind(enum.Enum):
+    REAL = "real"
+    TINY = "tiny"
+    SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    kind: ModelKind
+    device: str
+    weights_source: str
+    # Detections scoring below this are dropped unless the request sets its own threshold.
+    default_score_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    used_bytes: int
+    total_bytes: int

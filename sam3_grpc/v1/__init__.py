@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for the sam3_grpc.v1 API (see protos/)."""
