@@ -46,7 +46,12 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
             return np.asarray(rgb, dtype=np.uint8)
     except InvalidArgument:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses canvases far beyond its own limit while still reading the header.
+        raise InvalidArgument(
+            f"image declares a canvas over this server's limit of {max_pixels} pixels: "
+            "downscale it first") from exc
+    except UnidentifiedImageError as exc:
         raise InvalidArgument(
             "image bytes are not a readable JPEG, PNG, WebP, BMP or TIFF image") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -1,0 +1,114 @@
+"""grpc.health.v1: readiness, load shedding with hysteresis, shutdown; reflection listing."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import launch
+from helpers import Gate
+from sam3_grpc.engines.synthetic import SyntheticEngine
+from sam3_grpc.server.app import SERVICE_NAMES
+from test_executor import segment_request, wait_until
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def check(server, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(server.channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+class SlowLoadingEngine(SyntheticEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.may_load = threading.Event()
+
+    def load(self) -> None:
+        assert self.may_load.wait(60)
+        super().load()
+
+
+def test_health_lifecycle_from_loading_to_shutdown():
+    engine = SlowLoadingEngine()
+    server = launch(engine, wait_ready=False, queue_size=4)
+    try:
+        watch_channel = grpc.insecure_channel(server.target)
+        watcher = health_pb2_grpc.HealthStub(watch_channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAMES[0]))
+        seen: queue.Queue = queue.Queue()
+
+        def follow() -> None:
+            try:
+                for reply in watcher:
+                    seen.put(reply.status)
+            except grpc.RpcError:
+                pass  # the server went away
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        assert seen.get(timeout=10) == NOT_SERVING
+        # Loading: not serving, and calls are refused with UNAVAILABLE.
+        wait_until(lambda: check(server) == NOT_SERVING)
+        try:
+            server.segmentation.SegmentImage(segment_request(), timeout=5)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "loading" in error.details()
+        else:
+            raise AssertionError("a call during loading must be refused")
+        engine.may_load.set()
+        wait_until(lambda: check(server) == SERVING)
+        assert seen.get(timeout=10) == SERVING
+        for name in SERVICE_NAMES:
+            assert check(server, name) == SERVING
+
+        # Load shedding: NOT_SERVING while the queue is full, SERVING once below half.
+        gate = Gate(names=("encode_image",))
+        engine.before_call = gate
+        futures = [server.segmentation.SegmentImage.future(segment_request(1))]
+        gate.wait_entered()
+        futures += [server.segmentation.SegmentImage.future(segment_request(i))
+                    for i in range(2, 6)]
+        wait_until(lambda: check(server) == NOT_SERVING)
+        assert seen.get(timeout=10) == NOT_SERVING
+        assert check(server, SERVICE_NAMES[0]) == NOT_SERVING
+        gate.release()
+        for future in futures:
+            future.result(timeout=30)
+        wait_until(lambda: check(server) == SERVING)
+        assert seen.get(timeout=10) == SERVING
+    finally:
+        engine.may_load.set()
+        server.stop()
+    # Shutdown: the watcher saw NOT_SERVING before the stream ended.
+    follower.join(10)
+    watch_channel.close()
+    statuses = []
+    while not seen.empty():
+        statuses.append(seen.get())
+    assert statuses[-1:] == [NOT_SERVING]
+
+
+def test_unknown_service_is_not_found(synthetic_server):
+    stub = health_pb2_grpc.HealthStub(synthetic_server.channel)
+    try:
+        stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+    else:
+        raise AssertionError("expected NOT_FOUND")
+
+
+def test_reflection_lists_every_service(synthetic_server):
+    stub = reflection_pb2_grpc.ServerReflectionStub(synthetic_server.channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+        list_services="")]))
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert set(SERVICE_NAMES) | {"grpc.health.v1.Health",
+                                 "grpc.reflection.v1alpha.ServerReflection"} <= names

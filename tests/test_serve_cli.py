@@ -1,0 +1,84 @@
+"""`sam3-grpc serve` as an operator runs it: flags, environment, start-up and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sam3_grpc.cli import build_parser
+from sam3_grpc.config import Settings, settings_from_args
+
+
+def parse(argv, env=None, monkeypatch=None):
+    if env and monkeypatch:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+    return settings_from_args(build_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults_match_the_settings_dataclass():
+    assert parse([]) == Settings()
+
+
+def test_flags_and_environment(monkeypatch, tmp_path):
+    env = {"SAM3_GRPC_QUEUE_SIZE": "7", "SAM3_GRPC_MODEL": "synthetic",
+           "SAM3_GRPC_MEDIA_ROOTS": os.pathsep.join([str(tmp_path), "/srv"]),
+           "SAM3_GRPC_MAX_UPLOAD_BYTES": "1G", "SAM3_GRPC_SESSION_TTL": "60"}
+    settings = parse(["--port", "6000", "--grace", "3"], env, monkeypatch)
+    assert settings.queue_size == 7 and settings.model == "synthetic"
+    assert settings.media_roots == (str(tmp_path), "/srv")
+    assert settings.max_upload_bytes == 1 << 30 and settings.session_ttl_s == 60
+    assert settings.port == 6000 and settings.grace_s == 3
+    # A flag beats the environment.
+    assert parse(["--queue-size", "9", "--media-root", "/a"], env, monkeypatch).queue_size == 9
+    assert parse(["--media-root", "/a"], env, monkeypatch).media_roots == ("/a",)
+
+
+def test_help_documents_every_flag_with_its_variable(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    for name in ("--queue-size", "--media-root", "--model", "--device", "--grace",
+                 "--max-upload-bytes", "--session-ttl"):
+        assert name in text
+    assert "SAM3_GRPC_QUEUE_SIZE" in text and "SAM3_GRPC_SESSION_TTL" in text
+
+
+def test_invalid_setting_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "sam3_grpc.cli", "serve", "--queue-size", "0",
+                             "--model", "synthetic"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--queue-size must be positive" in result.stderr
+
+
+def test_serve_then_sigterm_exits_cleanly():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic", "--port", "0",
+         "--grace", "2"], stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in process.stderr:
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+            if "health: SERVING" in line:
+                break
+        assert port, "the server never said where it listens"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        rest = process.stderr.read()
+        assert process.wait(timeout=30) == 0
+        assert "NOT_SERVING" in rest and "stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
