@@ -55,7 +55,7 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def stop(self, grace: float = 1.0) -> None:
-        if self.loop.is_closed():
+        if not self.loop.is_running():
             return
         self.channel.close()
         self.run(self.server.stop(grace))

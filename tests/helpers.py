@@ -91,3 +91,35 @@ class Gate:
 
     def release(self) -> None:
         self.open.set()
+
+
+def disc_clip(frames: int = 12, width: int = 160, height: int = 120, radius: int = 18,
+              colour=RED, step: int = 6):
+    """RGB frames of a disc moving right by `step` pixels a frame, and each frame's mask."""
+    images, masks = [], []
+    for i in range(frames):
+        image = blank(width, height)
+        masks.append(draw_disc(image, radius + 4 + step * i, height // 2, radius, colour))
+        images.append(image)
+    return images, masks
+
+
+def write_video(path, images, fourcc: str = "FFV1", fps: float = 10.0) -> str:
+    """Writes RGB frames with OpenCV (FFV1 in .avi is lossless; mp4v in .mp4 is lossy)."""
+    height, width = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    assert writer.isOpened()
+    for image in images:
+        writer.write(np.ascontiguousarray(image[:, :, ::-1]))
+    writer.release()
+    return str(path)
+
+
+def write_frame_folder(folder, images, quality: int = 95) -> str:
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    for i, image in enumerate(images):
+        with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as handle:
+            handle.write(encode(image, ".jpg", quality=quality))
+    return str(folder)

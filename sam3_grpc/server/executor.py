@@ -87,12 +87,12 @@ class DeviceExecutor:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stops after the running job; jobs still queued fail with UNAVAILABLE."""
+        """Stops once the running job and the queued internal jobs (closing sessions) are done;
+        queued user jobs fail with UNAVAILABLE."""
         with self._cv:
             self._stopping = True
-            pending = list(self._queue) + list(self._internal)
+            pending = list(self._queue)
             self._queue.clear()
-            self._internal.clear()
             self._cv.notify_all()
         for job in pending:
             self._resolve(job, exc=Unavailable("the server is shutting down; retry on another "
@@ -173,7 +173,7 @@ class DeviceExecutor:
             with self._cv:
                 while not self._queue and not self._internal and not self._stopping:
                     self._cv.wait()
-                if self._stopping:
+                if self._stopping and not self._internal:
                     return
                 job = self._internal.popleft() if self._internal else self._queue.popleft()
                 depth = len(self._queue)
