@@ -13,9 +13,30 @@ from pycocotools import mask as coco_mask
 from sam3_grpc.types import Box
 
 
-def encode_rle(mask: np.ndarray) -> str:
-    """COCO compressed RLE counts (column-major), exactly as pycocotools produces them."""
-    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+def encode_rle(mask: np.ndarray, box: Box | None = None) -> str:
+    """COCO compressed RLE counts (column-major), identical to pycocotools' `mask.encode`.
+
+    With the mask's tight `box`, only the columns it spans are scanned: the runs outside them
+    are all background and are added arithmetically. For a 1280x720 frame with a 120-pixel-wide
+    object that is ten times less work than encoding the whole frame.
+    """
+    height, width = mask.shape
+    x0, x1 = (0, width) if box is None else (int(box.x_min), int(box.x_max))
+    band = np.ascontiguousarray(mask[:, x0:x1].T).reshape(-1)  # column-major order
+    if band.size == 0 or not band.any():
+        runs = [height * width]
+    else:
+        changes = np.flatnonzero(band[1:] != band[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], changes, [band.size]))).tolist()
+        if band[0]:
+            runs.insert(0, 0)  # counts always start with a (possibly empty) background run
+        runs[0] += x0 * height
+        trailing = (width - x1) * height
+        if len(runs) % 2 == 1:  # the last run is background
+            runs[-1] += trailing
+        elif trailing:
+            runs.append(trailing)
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": runs}, height, width)
     return rle["counts"].decode("ascii")
 
 
@@ -41,14 +62,18 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def tight_box(mask: np.ndarray) -> Box | None:
     """The smallest box holding every mask pixel (exclusive max edges); None for an empty mask."""
-    points = cv2.findNonZero(mask.astype(np.uint8, copy=False))
-    if points is None:
+    columns = np.flatnonzero(mask.any(axis=0))
+    if columns.size == 0:
         return None
-    x, y, w, h = cv2.boundingRect(points)
-    return Box(float(x), float(y), float(x + w), float(y + h))
+    x0, x1 = int(columns[0]), int(columns[-1]) + 1
+    rows = np.flatnonzero(mask[:, x0:x1].any(axis=1))
+    return Box(float(x0), float(rows[0]), float(x1), float(rows[-1]) + 1.0)
 
 
-def area(mask: np.ndarray) -> int:
+def area(mask: np.ndarray, box: Box | None = None) -> int:
+    """Mask pixels; with the tight box, only that window is counted."""
+    if box is not None:
+        mask = mask[int(box.y_min):int(box.y_max), int(box.x_min):int(box.x_max)]
     return int(np.count_nonzero(mask))
 
 

@@ -169,19 +169,21 @@ def box_to_proto(box: Box) -> common_pb2.Box:
     return common_pb2.Box(x_min=box.x_min, y_min=box.y_min, x_max=box.x_max, y_max=box.y_max)
 
 
-def detection_to_proto(raw: RawDetection, spec: OutputSpec, mask_area: int) -> common_pb2.Detection:
+def detection_to_proto(
+    raw: RawDetection, spec: OutputSpec, box: Box | None, mask_area: int
+) -> common_pb2.Detection:
+    """`box` is the mask's tight box (None for an empty mask: the engine's box is used)."""
     mask = raw.mask
     height, width = mask.shape
-    box = raw.box or masks.tight_box(mask) or Box(0.0, 0.0, 0.0, 0.0)
     detection = common_pb2.Detection(
         object_id=raw.object_id,
         score=float(np.clip(raw.score, 0.0, 1.0)),
-        box=box_to_proto(box),
+        box=box_to_proto(box or raw.box or Box(0.0, 0.0, 0.0, 0.0)),
         area=mask_area,
     )
     if spec.mask_encoding == "rle":
-        detection.mask.CopyFrom(
-            common_pb2.Mask(width=width, height=height, rle_counts=masks.encode_rle(mask)))
+        detection.mask.CopyFrom(common_pb2.Mask(
+            width=width, height=height, rle_counts=masks.encode_rle(mask, box)))
     elif spec.mask_encoding == "png":
         detection.mask.CopyFrom(
             common_pb2.Mask(width=width, height=height, png=masks.encode_png(mask)))
@@ -196,16 +198,17 @@ def render_detections(
     raw: Sequence[RawDetection], spec: OutputSpec
 ) -> list[common_pb2.Detection]:
     """Filters by score and area, keeps the best max_detections, and encodes each one."""
-    kept: list[tuple[RawDetection, int]] = []
+    kept: list[tuple[RawDetection, Box | None, int]] = []
     for detection in raw:
         if detection.score < spec.score_threshold:
             continue
-        mask_area = masks.area(detection.mask)
+        box = masks.tight_box(detection.mask)
+        mask_area = masks.area(detection.mask, box) if box else 0
         if mask_area < spec.min_area:
             continue
-        kept.append((detection, mask_area))
+        kept.append((detection, box, mask_area))
     kept.sort(key=lambda item: -item[0].score)
-    return [detection_to_proto(d, spec, a) for d, a in kept[: spec.max_detections]]
+    return [detection_to_proto(d, spec, box, a) for d, box, a in kept[: spec.max_detections]]
 
 
 def timestamp(epoch_seconds: float) -> Timestamp:

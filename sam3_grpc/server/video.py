@@ -294,7 +294,10 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                                                           label="Propagate")
                     if frame is _END:
                         raise Internal("the engine produced fewer frames than planned")
-                    await frames.put(frame)  # blocks while the reader is behind: backpressure
+                    # Encoding starts now on the CPU pool, overlapping the next device step;
+                    # the bounded queue blocks while the reader is behind: backpressure.
+                    await frames.put(asyncio.ensure_future(
+                        runtime.on_cpu(self._frame_to_proto, frame, spec)))
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -315,11 +318,15 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 item = await frames.get()
                 if isinstance(item, BaseException):
                     raise item
-                rendered = await runtime.on_cpu(self._frame_to_proto, item, spec)
+                rendered = await item
                 session.touch()
                 yield pb.PropagateResponse(frame=rendered, frames_done=done, frames_total=total)
         finally:
             producer.cancel()
+            while not frames.empty():  # encodings nobody will read
+                item = frames.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
             try:
                 await producer
             except BaseException:  # noqa: BLE001 - its outcome was already handled

@@ -1,0 +1,210 @@
+"""Video service benchmarks against a real `sam3-grpc serve --model synthetic` process.
+
+    python bench/bench_video.py [--upload-mb 256] [--frames 300]
+
+1. Upload throughput (MB/s) of a >= 256 MB video in 1 MiB chunks, and the server's RSS growth
+   while it streams to disk (sampled every 20 ms).
+2. Propagate streaming rate: 1280x720, 5 objects, RLE masks, frames per second the service
+   sustains to one reader.
+3. SegmentImage latency while a propagation runs vs idle (640x480 JPEG, 5 detections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import cv2
+import grpc
+import numpy as np
+import psutil
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import discs_scene, jpeg, machine  # noqa: E402
+
+from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as seg_pb  # noqa: E402
+from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc  # noqa: E402
+from sam3_grpc.v1 import video_service_pb2 as pb  # noqa: E402
+from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def start_server(media_root: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic", "--port", "0",
+         "--media-root", media_root, "--max-frames", "100000", *extra],
+        stderr=subprocess.PIPE, text=True)
+    port = None
+    for line in process.stderr:
+        match = re.search(r"listening on [\d.]+:(\d+)", line)
+        if match:
+            port = match.group(1)
+        if "health: SERVING" in line:
+            break
+    assert port, "server did not start"
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    return process, f"127.0.0.1:{port}"
+
+
+def noise_video(path: str, min_bytes: int) -> str:
+    """A lossless AVI of noise frames (incompressible), at least min_bytes long."""
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"FFV1"), 25, (1280, 720))
+    frame = rng.integers(0, 256, (720, 1280, 3), np.uint8)
+    while not os.path.exists(path) or os.path.getsize(path) < min_bytes:
+        writer.write(np.roll(frame, int(rng.integers(0, 1280)), axis=1))
+        if os.path.getsize(path) >= min_bytes:
+            break
+    writer.release()
+    return path
+
+
+def discs_video(path: str, frames: int, width=1280, height=720, objects=5) -> str:
+    colours = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 0, 255)]  # BGR
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+    for i in range(frames):
+        frame = np.full((height, width, 3), 30, np.uint8)
+        for k in range(objects):
+            x = 100 + k * 240 + int(40 * np.sin((i + 7 * k) / 15))
+            y = 200 + (k % 2) * 300 + int(30 * np.cos((i + 3 * k) / 20))
+            cv2.circle(frame, (x, y), 60, colours[k], -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def bench_upload(target: str, pid: int, path: str) -> dict:
+    size = os.path.getsize(path)
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(8 * MiB), b""):
+            sha.update(block)
+
+    def requests():
+        yield pb.UploadVideoRequest(metadata=pb.UploadVideoMetadata(
+            filename="noise.avi", size_bytes=size, sha256=sha.hexdigest()))
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(MiB), b""):
+                yield pb.UploadVideoRequest(chunk=block)
+
+    process = psutil.Process(pid)
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.VideoServiceStub(channel)
+        started = time.perf_counter()
+        reply = stub.UploadVideo(requests(), timeout=600)
+        elapsed = time.perf_counter() - started
+        stub.CloseSession(pb.CloseSessionRequest(session_id=reply.session.session_id))
+    done.set()
+    sampler.join()
+    return {"bytes": size, "seconds": elapsed, "mb_per_s": size / MiB / elapsed,
+            "rss_growth_mb": (peak[0] - baseline) / MiB}
+
+
+def bench_propagate(target: str, video_name: str, frames: int) -> dict:
+    with grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", 64 * MiB)]) as channel:
+        stub = pb_grpc.VideoServiceStub(channel)
+        session = stub.StartSession(pb.StartSessionRequest(video_path=video_name)).session
+        for colour in ("red", "green", "blue", "yellow", "magenta"):
+            stub.AddPrompt(pb.AddPromptRequest(session_id=session.session_id, frame_index=0,
+                                               prompt=common_pb2.Prompt(text=colour)))
+        started = time.perf_counter()
+        count = objects = 0
+        for reply in stub.Propagate(pb.PropagateRequest(session_id=session.session_id)):
+            count += 1
+            objects += len(reply.frame.objects)
+        elapsed = time.perf_counter() - started
+        stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id))
+    assert count == frames and objects == 5 * frames, (count, objects)
+    return {"frames": count, "seconds": elapsed, "frames_per_s": count / elapsed}
+
+
+def bench_interleaving(target: str, video_name: str, iterations: int) -> dict:
+    request = seg_pb.SegmentImageRequest(image=common_pb2.Image(content=jpeg(discs_scene())),
+                                         prompts=[common_pb2.Prompt(text="red")])
+
+    def latencies(stub) -> list[float]:
+        samples = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            stub.SegmentImage(request, timeout=30)
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    with grpc.insecure_channel(target) as channel:
+        seg_stub = seg_grpc.SegmentationServiceStub(channel)
+        latencies(seg_stub)  # warm up
+        idle = latencies(seg_stub)
+        stop = threading.Event()
+
+        def propagate_forever():
+            with grpc.insecure_channel(target) as own:
+                stub = pb_grpc.VideoServiceStub(own)
+                session = stub.StartSession(pb.StartSessionRequest(video_path=video_name)).session
+                stub.AddPrompt(pb.AddPromptRequest(session_id=session.session_id,
+                                                   prompt=common_pb2.Prompt(text="red")))
+                while not stop.is_set():
+                    for _ in stub.Propagate(pb.PropagateRequest(session_id=session.session_id)):
+                        if stop.is_set():
+                            break
+                stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id))
+
+        worker = threading.Thread(target=propagate_forever, daemon=True)
+        worker.start()
+        time.sleep(1.0)
+        busy = latencies(seg_stub)
+        stop.set()
+        worker.join(30)
+    idle_ms, busy_ms = statistics.median(idle) * 1000, statistics.median(busy) * 1000
+    return {"idle_median_ms": idle_ms, "busy_median_ms": busy_ms, "ratio": busy_ms / idle_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upload-mb", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as media:
+        print(f"machine: {machine()}")
+        noise = noise_video(os.path.join(media, "noise.avi"), args.upload_mb * MiB)
+        discs_video(os.path.join(media, "discs.mp4"), args.frames)
+        process, target = start_server(media, "--max-upload-bytes", "4G")
+        try:
+            upload = bench_upload(target, process.pid, noise)
+            print(f"upload: {upload['bytes'] / MiB:.0f} MiB in {upload['seconds']:.2f} s = "
+                  f"{upload['mb_per_s']:.0f} MiB/s; server RSS growth "
+                  f"{upload['rss_growth_mb']:.1f} MiB")
+            rate = bench_propagate(target, "discs.mp4", args.frames)
+            print(f"propagate: 1280x720, 5 objects, RLE: {rate['frames']} frames in "
+                  f"{rate['seconds']:.2f} s = {rate['frames_per_s']:.0f} frames/s")
+            mix = bench_interleaving(target, "discs.mp4", args.iterations)
+            print(f"SegmentImage median: idle {mix['idle_median_ms']:.2f} ms, during "
+                  f"propagation {mix['busy_median_ms']:.2f} ms (ratio {mix['ratio']:.2f})")
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+if __name__ == "__main__":
+    main()
