@@ -35,17 +35,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sam3-grpc serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sam3_grpc.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     from sam3_grpc.server.app import serve
 
     try:
         asyncio.run(serve(settings))
-    except ConfigurationError as exc:
-        logging.getLogger("sam3_grpc").error("cannot start: %s", exc)
-        return EXIT_SERVER_ERROR
-    except OSError as exc:
+    except (ConfigurationError, OSError, ValueError) as exc:
         logging.getLogger("sam3_grpc").error("cannot start: %s", exc)
         return EXIT_SERVER_ERROR
     return EXIT_OK

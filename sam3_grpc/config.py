@@ -59,8 +59,24 @@ class Settings:
     max_sessions: int = 16
     session_ttl_s: float = 1800.0
     stream_buffer_frames: int = 4
-    # Logging
+    # Security
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_token_file: str | None = None
+    auth_exempt_probes: bool = True
+    insecure: bool = False
+    # HTTP/2 and robustness
+    max_concurrent_streams: int = 128
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    min_ping_interval_s: float = 10.0
+    job_timeout_s: float = 300.0
+    # Observability
+    metrics_port: int | None = None
+    metrics_host: str | None = None
     log_level: str = "INFO"
+    log_format: str = "plain"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -147,7 +163,31 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("session_ttl_s", "Idle seconds after which a session is closed.", float,
           metavar="SECONDS"),
     _Flag("stream_buffer_frames", "Frames computed ahead of a slow Propagate reader.", int),
+    _Flag("tls_cert", "PEM certificate chain; with --tls-key, serve TLS.", metavar="PATH"),
+    _Flag("tls_key", "PEM private key of --tls-cert.", metavar="PATH"),
+    _Flag("tls_client_ca", "PEM CA bundle; clients must present a certificate it signed "
+          "(mutual TLS).", metavar="PATH"),
+    _Flag("auth_token_file", "File of accepted bearer tokens, one per line ('#' comments). "
+          "Clients send 'authorization: Bearer <token>'.", metavar="PATH"),
+    _Flag("auth_exempt_probes", "Let health checks and reflection through without a token "
+          "(Kubernetes probes send none).", _bool, metavar="BOOL"),
+    _Flag("insecure", "Allow binding a non-loopback address without TLS and without tokens.",
+          _bool, metavar="BOOL"),
+    _Flag("max_concurrent_streams", "HTTP/2 streams one connection may have open at once.", int),
+    _Flag("keepalive_time_s", "Seconds between server keepalive pings on idle connections.",
+          float, metavar="SECONDS"),
+    _Flag("keepalive_timeout_s", "Seconds to wait for a keepalive ping's answer before "
+          "closing the connection.", float, metavar="SECONDS"),
+    _Flag("min_ping_interval_s", "Clients pinging more often than this are disconnected "
+          "(keepalive enforcement).", float, metavar="SECONDS"),
+    _Flag("job_timeout_s", "A device job running longer than this marks the engine wedged: "
+          "health NOT_SERVING, queued calls fail with UNAVAILABLE.", float, metavar="SECONDS"),
+    _Flag("metrics_port", "Serve Prometheus metrics over HTTP on this port (off by default).",
+          int),
+    _Flag("metrics_host", "Address of the metrics endpoint; default: the same as --host."),
     _Flag("log_level", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    _Flag("log_format", "One line per call and event, as plain text or JSON.",
+          choices=("plain", "json")),
 )
 
 
@@ -174,7 +214,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         if flag.choices:
             kwargs["choices"] = flag.choices
             kwargs.pop("metavar")
-        if flag.extra.get("action") == "append":
+        if flag.type is int and default is None:
+            kwargs["type"] = int
+            env_value = os.environ.get(env_name)
+            kwargs["default"] = int(env_value) if env_value else None
+        elif flag.extra.get("action") == "append":
             env_value = os.environ.get(env_name)
             kwargs.update(action="append", default=None)
             kwargs["help"] = help_text.replace("%(default)s", env_value or "none")
@@ -217,3 +261,26 @@ def validate(settings: Settings) -> None:
         raise ValueError("--cache-size cannot be negative")
     if settings.session_ttl_s <= 0 or settings.upload_idle_timeout_s <= 0:
         raise ValueError("--session-ttl and --upload-idle-timeout must be positive")
+    if settings.job_timeout_s <= 0:
+        raise ValueError("--job-timeout must be positive")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    if not (is_loopback(settings.host) or settings.tls_cert or settings.auth_token_file
+            or settings.insecure):
+        raise ValueError(
+            f"refusing to serve {settings.host} without TLS or tokens: anyone who can reach it "
+            "could use the model and read session videos. Add --tls-cert/--tls-key and/or "
+            "--auth-token-file, or pass --insecure if a trusted network or proxy protects it")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

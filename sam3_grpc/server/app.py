@@ -16,7 +16,13 @@ from sam3_grpc.engines.base import Engine
 from sam3_grpc.server.cache import EmbeddingCache
 from sam3_grpc.server.executor import DeviceExecutor
 from sam3_grpc.server.health import HealthState
-from sam3_grpc.server.interceptors import ErrorMappingInterceptor
+from sam3_grpc.server.interceptors import (
+    AuthInterceptor,
+    ErrorMappingInterceptor,
+    ObservingInterceptor,
+    load_tokens,
+)
+from sam3_grpc.server.metrics import Metrics
 from sam3_grpc.server.runtime import Runtime
 from sam3_grpc.server.segmentation import SegmentationServicer
 from sam3_grpc.server.sessions import SessionManager
@@ -61,14 +67,15 @@ class Sam3Server:
         )
         self.sessions = SessionManager(self.runtime)
         self.runtime.sessions = self.sessions
-        self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-                ("grpc.max_send_message_length", settings.max_send_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        self.metrics = Metrics()
+        self.runtime.metrics = self.metrics
+        self.metrics.attach(self.runtime)
+        interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(self.metrics)]
+        if settings.auth_token_file:
+            interceptors.append(AuthInterceptor(load_tokens(settings.auth_token_file),
+                                                exempt_probes=settings.auth_exempt_probes))
+        interceptors.append(ErrorMappingInterceptor())
+        self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(
             SegmentationServicer(self.runtime), self.server)
         video_service_pb2_grpc.add_VideoServiceServicer_to_server(
@@ -81,16 +88,26 @@ class Sam3Server:
         if settings.reflection:
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert:
+            self.port = self.server.add_secure_port(address, server_credentials(settings))
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"could not bind {settings.host}:{settings.port}")
+            raise OSError(f"could not bind {address}")
+        self.metrics_port: int | None = None
+        self._watchdog: asyncio.Task | None = None
         self._stopped = False
 
     async def start(self) -> None:
         runtime = self.runtime
         await runtime.health.publish()  # NOT_SERVING until the model is ready
         await self.server.start()
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(
+                self.settings.metrics_host or self.settings.host, self.settings.metrics_port)
         self.executor.start()
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_executor())
         self.executor.add_depth_listener(runtime.health.on_queue_depth)
         await self.sessions.start()
         engine = runtime.engine
@@ -117,13 +134,58 @@ class Sam3Server:
         self._stopped = True
         grace = self.settings.grace_s if grace is None else grace
         await self.runtime.health.shutdown()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await self.server.stop(grace)
         await self.sessions.close_all()
         self.executor.stop(timeout=grace)
         self.runtime.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.stop()
+
+    async def _watch_executor(self) -> None:
+        """Marks the engine wedged (health NOT_SERVING, queue failed) when a job overruns
+        --job-timeout, and healthy again if that job ever returns."""
+        limit = self.settings.job_timeout_s
+        health = self.runtime.health
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            running = self.executor.running_for()
+            if running is not None and running > limit and not self.executor.wedged:
+                self.executor.mark_wedged()
+            if health.wedged != self.executor.wedged:
+                health.wedged = self.executor.wedged
+                await health.publish()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message limits and HTTP/2 limits, set explicitly rather than left to grpc's defaults."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    def read(path: str) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    root = read(settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read(settings.tls_key), read(settings.tls_cert))],
+        root_certificates=root,
+        require_client_auth=root is not None,
+    )
 
 
 def create_server(settings: Settings, engine: Engine) -> tuple[Sam3Server, int]:

@@ -80,6 +80,11 @@ class DeviceExecutor:
         # Exponential moving average of job run time: the RetryInfo hint for a full queue.
         self._mean_run_s = 0.05
         self._listeners: list[tuple[asyncio.AbstractEventLoop, DepthListener]] = []
+        self._busy_s = 0.0
+        self._job_started_at: float | None = None
+        self._wedged = False
+        # Called (on the executor thread) with each job's seconds in the queue.
+        self.wait_observer: Callable[[float], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"executor-{name}", daemon=True)
 
     # ----- lifecycle -------------------------------------------------------------------------
@@ -119,6 +124,8 @@ class DeviceExecutor:
         with self._cv:
             if self._stopping:
                 raise Unavailable("the server is shutting down; retry on another replica")
+            if self._wedged:
+                raise Unavailable(self._wedged_message_locked())
             if len(self._queue) >= self.capacity:
                 self._rejected += 1
                 retry_after = self._retry_after_locked()
@@ -155,6 +162,40 @@ class DeviceExecutor:
         and shutdown only: never call it from the event loop while serving."""
         return self.run_soon(fn, label="sync").result()
 
+    # ----- watchdog --------------------------------------------------------------------------
+    def running_for(self) -> float | None:
+        """Seconds the current job has been running (None when idle)."""
+        started = self._job_started_at
+        return None if started is None else time.monotonic() - started
+
+    @property
+    def wedged(self) -> bool:
+        return self._wedged
+
+    def mark_wedged(self) -> None:
+        """The running job overran the job timeout: fail the queue and refuse new work until it
+        returns (if it ever does; an orchestrator should restart the process)."""
+        with self._cv:
+            if self._wedged or self._job_started_at is None:
+                return
+            self._wedged = True
+            pending = list(self._queue)
+            self._queue.clear()
+            message = self._wedged_message_locked()
+        logger.error("device job has run for %.0f s: engine wedged, refusing work",
+                     self.running_for() or 0)
+        for job in pending:
+            self._resolve(job, exc=Unavailable(message))
+        self._notify_depth(0)
+
+    def _wedged_message_locked(self) -> str:
+        return ("the model is stuck on a job that overran the server's --job-timeout; this "
+                "replica is unhealthy: retry on another replica")
+
+    def busy_seconds(self) -> float:
+        running = self.running_for() or 0.0
+        return self._busy_s + running
+
     # ----- introspection ---------------------------------------------------------------------
     def stats(self) -> ExecutorStats:
         with self._cv:
@@ -180,6 +221,7 @@ class DeviceExecutor:
                 skip_reason = self._skip_reason(job)
                 if skip_reason is None:
                     self._running = 1
+                    self._job_started_at = time.monotonic()
                 else:
                     self._dropped += 1
             self._notify_depth(depth)
@@ -191,7 +233,9 @@ class DeviceExecutor:
             if skip_reason == "abandoned":
                 logger.debug("dropped %s: caller went away before it ran", job.label)
                 continue
-            started = time.monotonic()
+            started = self._job_started_at or time.monotonic()
+            if self.wait_observer is not None and job.loop is not None:
+                self.wait_observer(started - job.enqueued_at)
             result: Any = None
             error: BaseException | None = None
             try:
@@ -211,8 +255,14 @@ class DeviceExecutor:
             elapsed = time.monotonic() - started
             with self._cv:
                 self._running = 0
+                self._job_started_at = None
+                self._busy_s += elapsed
                 self._completed += 1
                 self._mean_run_s = 0.9 * self._mean_run_s + 0.1 * elapsed
+                if self._wedged:
+                    logger.warning("the overrunning job finished after %.0f s; accepting work "
+                                   "again", elapsed)
+                    self._wedged = False
             self._resolve(job, result=result, exc=error)
 
     def _skip_reason(self, job: _Job) -> str | None:

@@ -1,16 +1,23 @@
-"""The one place where exceptions become gRPC statuses.
+"""Server interceptors, outermost first: call observation, authentication, error mapping.
 
-Every servicer method is wrapped, whatever its call shape: a `ServiceError` becomes its own code
-with its message and, when it carries a retry hint, a google.rpc.RetryInfo detail; anything else
-becomes INTERNAL with a generic message and an error id, the traceback going only to the log.
+- `ObservingInterceptor`: one structured log line and the Prometheus request metrics per call.
+- `AuthInterceptor`: bearer tokens, checked before the handler runs, so a rejected call queues no
+  work and writes no upload byte; on every call shape.
+- `ErrorMappingInterceptor`: the one place where exceptions become gRPC statuses. A
+  `ServiceError` becomes its own code with its message and, with a retry hint, a
+  google.rpc.RetryInfo detail; anything else becomes INTERNAL with a generic message and an error
+  id, the traceback going only to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import inspect
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -18,9 +25,12 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sam3_grpc.errors import ServiceError, is_out_of_memory
+from sam3_grpc.errors import ServiceError, Unauthenticated, is_out_of_memory
 
 logger = logging.getLogger(__name__)
+call_logger = logging.getLogger("sam3_grpc.calls")
+
+PROBE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
@@ -45,24 +55,46 @@ def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     status = to_rpc_status(exc, method)
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def _wrap_unary_response(behavior: Callable[..., Awaitable[Any]], method: str):
+# A wrapper takes (behavior, method) and returns a behavior of the same call shape.
+Wrap = Callable[[Callable[..., Any], str], Callable[..., Any]]
+
+
+def rewrap(handler: grpc.RpcMethodHandler, method: str, wrap_unary: Wrap,
+           wrap_stream: Wrap) -> grpc.RpcMethodHandler:
+    """The same handler with its behavior wrapped, whatever its call shape."""
+    shapes = (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler, wrap_unary),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler, wrap_unary),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler, wrap_stream),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler, wrap_stream),
+    )
+    for attribute, build, wrap in shapes:
+        behavior = getattr(handler, attribute)
+        if behavior is not None:
+            return build(wrap(behavior, method), handler.request_deserializer,
+                         handler.response_serializer)
+    return handler
+
+
+# ----- error mapping -------------------------------------------------------------------------
+def _map_unary(behavior, method):
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request_or_iterator, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
-            await _abort(context, exc, method)
+            await abort_with(context, exc, method)
 
     return wrapper
 
 
-def _wrap_stream_response(behavior: Callable[..., Any], method: str):
+def _map_stream(behavior, method):
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext):
         try:
             async for response in behavior(request_or_iterator, context):
@@ -70,13 +102,13 @@ def _wrap_stream_response(behavior: Callable[..., Any], method: str):
         except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
-            await _abort(context, exc, method)
+            await abort_with(context, exc, method)
 
     return wrapper
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions of every handler to rich statuses (see module docstring)."""
+    """Maps exceptions of this service's handlers to rich statuses (see module docstring)."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -84,18 +116,149 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         # Health and reflection are grpc's own handlers with their own error handling.
         if handler is None or method.startswith("/grpc."):
             return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method),
-                handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method),
-                handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, method),
-                handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(handler.stream_stream, method),
-            handler.request_deserializer, handler.response_serializer)
+        return rewrap(handler, method, _map_unary, _map_stream)
+
+
+# ----- authentication ------------------------------------------------------------------------
+def load_tokens(path: str) -> list[bytes]:
+    with open(path, encoding="utf-8") as handle:
+        tokens = [line.strip() for line in handle]
+    tokens = [t.encode() for t in tokens if t and not t.startswith("#")]
+    if not tokens:
+        raise ValueError(f"--auth-token-file {path} holds no token")
+    return tokens
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Accepts a call only with `authorization: Bearer <token>` naming a configured token."""
+
+    def __init__(self, tokens: Sequence[bytes], *, exempt_probes: bool) -> None:
+        self._tokens = list(tokens)
+        self._exempt_probes = exempt_probes
+
+    def _authorized(self, metadata) -> bool:
+        presented = b""
+        for key, value in metadata or ():
+            if key == "authorization":
+                text = value if isinstance(value, str) else value.decode("latin-1")
+                if text[:7].lower() == "bearer ":
+                    presented = text[7:].strip().encode()
+                break
+        # Compare against every token, in constant time, whatever matches first.
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(presented, token)
+        return matched and bool(presented)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if self._exempt_probes and method.startswith(PROBE_PREFIXES):
+            return await continuation(handler_call_details)
+        if self._authorized(handler_call_details.invocation_metadata):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        error = Unauthenticated("missing or invalid token: send the metadata "
+                                "'authorization: Bearer <token>' with a token the server accepts")
+
+        def refuse_unary(behavior, method_name):
+            async def refused(request_or_iterator, context):
+                await abort_with(context, error, method_name)
+            return refused
+
+        def refuse_stream(behavior, method_name):
+            async def refused(request_or_iterator, context):
+                await abort_with(context, error, method_name)
+                yield  # an async generator, like the handler it replaces
+            return refused
+
+        return rewrap(handler, method, refuse_unary, refuse_stream)
+
+
+# ----- observation ---------------------------------------------------------------------------
+def _session_id(message: Any) -> str:
+    session_id = getattr(message, "session_id", "")
+    if not session_id and hasattr(message, "session"):
+        session_id = message.session.session_id
+    return session_id or ""
+
+
+class _CallRecord:
+    __slots__ = ("method", "peer", "started", "session_id")
+
+    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.method = method
+        self.peer = context.peer()
+        self.started = time.perf_counter()
+        self.session_id = ""
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """One log line and the request metrics per call (health checks log at DEBUG)."""
+
+    def __init__(self, metrics) -> None:
+        self.metrics = metrics
+
+    def _finish(self, record: _CallRecord, context, outcome: BaseException | None) -> None:
+        if isinstance(outcome, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED
+        elif outcome is None or isinstance(outcome, grpc.aio.AbortError):
+            code = context.code() or grpc.StatusCode.OK
+        else:
+            code = grpc.StatusCode.UNKNOWN
+        if isinstance(code, int):
+            code = {c.value[0]: c for c in grpc.StatusCode}.get(code, grpc.StatusCode.UNKNOWN)
+        elapsed = time.perf_counter() - record.started
+        self.metrics.observe_call(record.method, code.name, elapsed)
+        level = logging.DEBUG if record.method.startswith(PROBE_PREFIXES) else logging.INFO
+        if call_logger.isEnabledFor(level):
+            call_logger.log(
+                level, "%s %s %.1f ms session=%s peer=%s", record.method, code.name,
+                elapsed * 1000, record.session_id or "-", record.peer,
+                extra={"method": record.method, "code": code.name,
+                       "duration_ms": round(elapsed * 1000, 3),
+                       "session_id": record.session_id or None, "peer": record.peer})
+
+    def _wrap_unary(self, behavior, method):
+        async def wrapper(request_or_iterator, context):
+            record = _CallRecord(method, context)
+            record.session_id = _session_id(request_or_iterator)
+            outcome: BaseException | None = None
+            try:
+                response = await behavior(request_or_iterator, context)
+                record.session_id = record.session_id or _session_id(response)
+                return response
+            except BaseException as exc:
+                outcome = exc
+                raise
+            finally:
+                self._finish(record, context, outcome)
+
+        return wrapper
+
+    def _wrap_stream(self, behavior, method):
+        if not inspect.isasyncgenfunction(behavior):
+            # grpc's own health Watch streams with context.write from a coroutine.
+            return self._wrap_unary(behavior, method)
+
+        async def wrapper(request_or_iterator, context):
+            record = _CallRecord(method, context)
+            record.session_id = _session_id(request_or_iterator)
+            outcome: BaseException | None = None
+            try:
+                async for response in behavior(request_or_iterator, context):
+                    yield response
+            except BaseException as exc:
+                outcome = exc
+                raise
+            finally:
+                self._finish(record, context, outcome)
+
+        return wrapper
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return rewrap(handler, handler_call_details.method, self._wrap_unary, self._wrap_stream)

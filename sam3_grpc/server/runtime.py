@@ -33,8 +33,10 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     load_s: float = 0.0
     warmup_s: float = 0.0
-    # The video session manager (set by create_server); typed loosely to avoid an import cycle.
+    # The video session manager and the metrics (set by create_server); typed loosely to avoid
+    # import cycles.
     sessions: Any = None
+    metrics: Any = None
 
     def require_ready(self) -> None:
         if self.health.shutting_down:

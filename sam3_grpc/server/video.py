@@ -184,6 +184,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                         raise InvalidArgument(
                             f"received more than the declared {meta.size_bytes} bytes")
                     await self.runtime.on_cpu(_write_and_hash, handle, hasher, chunk)
+                    self.runtime.metrics.upload_bytes.inc(len(chunk))
             finally:
                 self.sessions.uploads_in_progress -= 1
                 await self.runtime.on_cpu(handle.close)
