@@ -498,9 +498,11 @@ def test_retry_policy_backoff_and_limits():
 
 # ----- token, TLS-less metadata, and a fake flaky server -----------------------------------------
 class FakeStatusServer:
-    """A tiny grpc server answering GetServerStatus: records metadata, fails on demand."""
+    """A tiny grpc server answering GetServerStatus: records metadata, fails on demand;
+    with server_credentials it serves TLS."""
 
-    def __init__(self, failures: list[tuple[grpc.StatusCode, str]]) -> None:
+    def __init__(self, failures: list[tuple[grpc.StatusCode, str]] = (),
+                 server_credentials: grpc.ServerCredentials | None = None) -> None:
         self.failures = list(failures)
         self.metadata: list[dict[str, str]] = []
         self.server = grpc.server(futures.ThreadPoolExecutor(2),
@@ -511,7 +513,10 @@ class FakeStatusServer:
             response_serializer=status_service_pb2.GetServerStatusResponse.SerializeToString)
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             "sam3_grpc.v1.StatusService", {"GetServerStatus": handler})])
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if server_credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", server_credentials)
         self.server.start()
 
     @property
@@ -556,8 +561,8 @@ def test_plain_status_errors_without_rich_details():
 
 
 # ----- several endpoints -------------------------------------------------------------------------
-def test_pool_spreads_images_and_keeps_sessions_on_their_server(start_server, media_root, clip,
-                                                                  scene):
+def test_pool_spreads_images_and_keeps_sessions_on_their_server(
+        start_server, media_root, clip, scene):
     engines = [SyntheticEngine(), SyntheticEngine()]
     servers = [start_server(e, media_roots=(media_root,)) for e in engines]
     targets = [s.target for s in servers]
@@ -625,3 +630,77 @@ def test_numpy_and_pil_images_encode_losslessly(client):
     rect = draw_rect(image, 3, 4, 30, 20, RED)
     for source in (image, Image.fromarray(image), io.BytesIO(encode(image)).getvalue()):
         assert np.array_equal(client.segment_image(source, "red")[0][0].mask, rect)
+
+
+# ----- asyncio variant ---------------------------------------------------------------------------
+def test_async_client_end_to_end(synthetic_server, scene, clip):
+    import asyncio
+
+    from sam3_grpc.client import AsyncSam3Client
+
+    image, rect, disc = scene
+    path, masks = clip
+
+    async def scenario():
+        async with AsyncSam3Client(synthetic_server.target) as client:
+            result = await client.segment_image(image, ["red", "blue"])
+            assert np.array_equal(result[0][0].mask, rect)
+            assert np.array_equal(result[1][0].mask, disc)
+            await client.segment_image(encode(image), "red")
+            assert (await client.segment_image(encode(image), "blue")).cache_hit
+            assert await client.health() == "SERVING"
+            assert (await client.status()).model_kind == "synthetic"
+            with pytest.raises(InvalidArgumentError):
+                await client.segment_image(image, "a dog")
+
+            seen = []
+            async with client.session(upload=path, chunk_size=4096,
+                                      progress=lambda s, t: seen.append(s)) as session:
+                assert seen[-1] == os.path.getsize(path)
+                added = await session.add_prompt(0, "red")
+                assert added.object_ids == [1]
+                frames = [f async for f in session.propagate()]
+                assert [f.frame_index for f in frames] == list(range(12))
+                assert all(np.array_equal(f.objects[0].mask, masks[f.frame_index])
+                           for f in frames)
+                async with session.propagate(max_frames=6) as stream:
+                    first = await stream.__anext__()
+                    assert first.frame_index == 0 and stream.frames_total == 6
+                assert [f async for f in stream] == []  # cancelled
+                for _ in range(500):
+                    if not (await session.refresh()).propagating:
+                        break
+                    await asyncio.sleep(0.01)
+                assert (await session.reset()).object_ids == []
+            assert await client.list_sessions() == []
+
+            with pytest.raises(RuntimeError):
+                async with client.session(ServerPath("disc.avi")):
+                    raise RuntimeError("boom")
+            assert await client.list_sessions() == []
+
+    asyncio.run(scenario())
+
+
+def test_async_client_retries_with_an_async_sleep():
+    import asyncio
+
+    from sam3_grpc.client import AsyncSam3Client
+
+    fake = FakeStatusServer([(grpc.StatusCode.UNAVAILABLE, "warming up")] * 2)
+    delays = []
+
+    async def sleep(delay):
+        delays.append(delay)
+
+    async def scenario():
+        async with AsyncSam3Client(fake.target, token="t",
+                                   retry=RetryPolicy(sleep=sleep)) as client:
+            return await client.status()
+
+    try:
+        assert asyncio.run(scenario()).model_name == "fake"
+        assert len(delays) == 2 and len(fake.metadata) == 3
+        assert fake.metadata[-1]["authorization"] == "Bearer t"
+    finally:
+        fake.server.stop(None)

@@ -167,6 +167,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         received = 0
         keep = False
         handle = await self.runtime.on_cpu(open, path, "xb")
+        writing: asyncio.Future | None = None  # the previous chunk's write, overlapping receipt
         try:
             self.sessions.uploads_in_progress += 1
             try:
@@ -183,10 +184,17 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                     if received > meta.size_bytes:
                         raise InvalidArgument(
                             f"received more than the declared {meta.size_bytes} bytes")
-                    await self.runtime.on_cpu(_write_and_hash, handle, hasher, chunk)
+                    if writing is not None:
+                        await writing  # at most two chunks in memory: flat whatever the size
+                    writing = asyncio.ensure_future(
+                        self.runtime.on_cpu(_write_and_hash, handle, hasher, chunk))
                     self.runtime.metrics.upload_bytes.inc(len(chunk))
+                if writing is not None:
+                    await writing
             finally:
                 self.sessions.uploads_in_progress -= 1
+                if writing is not None and not writing.done():
+                    await asyncio.wait([writing])  # never close the file under a write
                 await self.runtime.on_cpu(handle.close)
             if received != meta.size_bytes:
                 raise InvalidArgument(
