@@ -548,6 +548,25 @@ def test_token_is_sent_as_bearer_metadata_and_unavailable_is_retried():
         fake.server.stop(None)
 
 
+def test_tls_and_token_against_a_real_server(start_server, scene, tmp_path):
+    from certs import make_certificates
+
+    from sam3_grpc.client import UnauthenticatedError
+
+    certs = make_certificates(tmp_path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    server = start_server(SyntheticEngine(), tls_cert=str(certs.server_cert),
+                          tls_key=str(certs.server_key), auth_token_file=str(tokens))
+    credentials = grpc.ssl_channel_credentials(certs.ca.read_bytes())
+    with Sam3Client(server.target, credentials=credentials, token="s3cret") as client:
+        assert np.array_equal(client.segment_image(scene[0], "red")[0][0].mask, scene[1])
+    with Sam3Client(server.target, credentials=credentials, token="wrong") as client:
+        with pytest.raises(UnauthenticatedError) as caught:
+            client.segment_image(scene[0], "red")
+    assert "Bearer" in caught.value.message
+
+
 def test_plain_status_errors_without_rich_details():
     fake = FakeStatusServer([(grpc.StatusCode.UNAUTHENTICATED, "bad token")])
     try:
