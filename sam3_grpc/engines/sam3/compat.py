@@ -1,0 +1,205 @@
+"""Running Meta's `sam3` 0.1.4 on a CPU: every workaround, in one place.
+
+`sam3` is written for CUDA. Each piece below names the sam3 file it answers. All of them are
+activated only by an engine whose device is the CPU; on CUDA nothing here runs and sam3 behaves
+exactly as Meta ships it.
+
+1. `CudaToCpuMode` (a `TorchFunctionMode`) rewrites `device="cuda"` to the CPU and makes
+   `Tensor.cuda()` / `Tensor.pin_memory()` no-ops, for code that hard-codes CUDA:
+   - `sam3/model/position_encoding.py`: precomputes its cache with `device="cuda"`;
+   - `sam3/model/decoder.py`: `TransformerDecoder` precomputes box coordinates on "cuda";
+   - `sam3/sam/transformer.py`: `RoPEAttention` puts its frequencies on "cuda" whenever CUDA is
+     merely available (breaks device="cpu" on a GPU machine);
+   - `sam3/model/geometry_encoders.py`: `pin_memory()` on every box prompt;
+   - `sam3/model/sam3_tracker_base.py`, `sam3/model/sam3_tracking_predictor.py`: `.cuda()` on
+     memories and `storage_device = torch.device("cuda")`;
+   - `sam3/model/sam3_video_inference.py`: `pin_memory()` in `_postprocess_output`;
+   - `sam3/model/io_utils.py`: `.cuda()` on loaded frames (unless offloaded to CPU).
+   It is entered around each call (and around each step of a generator, never across a `yield`,
+   because the mode stack is per thread and must stay balanced between interleaved jobs).
+2. `torch.autocast("cpu", dtype=torch.bfloat16)` around video calls:
+   `sam3/model/sam3_video_inference.py` and `sam3/model/sam3_tracking_predictor.py` rely on a CUDA
+   bf16 autocast (disabled on CPU) while `sam3_tracking_predictor.py` casts memories to bfloat16
+   explicitly, which otherwise fails with "Input type (c10::BFloat16) and bias type (float)".
+3. `connected_components_cpu` replaces the function of the same name in
+   `sam3/perflib/connected_components.py`: the original crashes on an empty batch
+   (`torch.stack([])`, reached whenever a frame has no object) and counts component sizes with one
+   full-image pass per component; this one returns empty tensors for an empty batch and counts
+   with `np.bincount`. Same labelling (skimage, 8-connectivity), same outputs.
+4. `edt_cpu` replaces `edt_triton` (a Triton GPU kernel, `sam3/model/edt.py`) as seen by
+   `sam3/model/sam3_tracker_utils.py`, for CPU tensors: the exact Euclidean distance transform
+   (`scipy.ndimage.distance_transform_edt`). In 0.1.4 only the click-sampling helper
+   `sample_one_point_from_error_center` uses it (not reached at inference), so this is a guard.
+   When Triton itself is missing (CPU-only torch builds), `ensure_sam3_importable()` registers a
+   stand-in `sam3.model.edt` module, because `sam3/model_builder.py` imports it unconditionally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+import threading
+import types
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.overrides import TorchFunctionMode
+
+_PATCH_LOCK = threading.Lock()
+_patches_installed = False
+
+
+# ----- 1. device rewriting ------------------------------------------------------------------
+def _is_cuda(device: object) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device == "cuda" or device.startswith("cuda:")
+    return False
+
+
+_NOOP_METHOD_NAMES = frozenset({"cuda", "pin_memory"})
+
+
+class CudaToCpuMode(TorchFunctionMode):
+    """Runs code that hard-codes CUDA on the CPU: cuda devices become cpu, `.cuda()` and
+    `.pin_memory()` return the tensor unchanged."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs) if kwargs else {}
+        name = getattr(func, "__name__", "")
+        if name in _NOOP_METHOD_NAMES and args and isinstance(args[0], torch.Tensor):
+            if func is torch.Tensor.cuda or func is torch.Tensor.pin_memory:
+                return args[0]
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = torch.device("cpu")
+        if name == "to" and any(_is_cuda(a) for a in args[1:]):
+            args = tuple(torch.device("cpu") if _is_cuda(a) else a for a in args)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cpu_context(*, bf16_autocast: bool = False) -> Iterator[None]:
+    """Everything a sam3 call needs on the CPU: device rewriting, plus bf16 autocast for video."""
+    with CudaToCpuMode():
+        if bf16_autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+
+# ----- 3. connected components --------------------------------------------------------------
+def connected_components_cpu(input_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and component sizes of a (B, H, W) or (B, 1, H, W) mask batch, 8-connectivity.
+
+    Drop-in for `sam3.perflib.connected_components.connected_components_cpu`: background pixels
+    get label 0 and size 0; an empty batch gives empty outputs instead of crashing.
+    """
+    from skimage.measure import label
+
+    out_shape = input_tensor.shape
+    if input_tensor.dim() == 4 and input_tensor.shape[1] == 1:
+        batch = input_tensor.squeeze(1)
+    else:
+        assert input_tensor.dim() == 3, "Input tensor must be (B, H, W) or (B, 1, H, W)."
+        batch = input_tensor
+    if batch.shape[0] == 0:
+        empty = torch.zeros(out_shape, dtype=torch.int64, device=input_tensor.device)
+        return empty, empty.clone()
+    values = batch.detach().cpu().numpy()
+    labels = np.empty(values.shape, dtype=np.int64)
+    counts = np.empty(values.shape, dtype=np.int64)
+    for i in range(values.shape[0]):
+        labels_i = label(values[i])
+        sizes = np.bincount(labels_i.ravel())
+        sizes[0] = 0  # background
+        labels[i] = labels_i
+        counts[i] = sizes[labels_i]
+    labels_t = torch.from_numpy(labels).to(input_tensor.device).view(out_shape)
+    counts_t = torch.from_numpy(counts).to(input_tensor.device).view(out_shape)
+    return labels_t, counts_t
+
+
+# ----- 4. Euclidean distance transform ------------------------------------------------------
+def edt_cpu(data: torch.Tensor) -> torch.Tensor:
+    """Exact Euclidean distance transform of a (B, H, W) mask batch, like sam3's `edt_triton`.
+
+    Each non-zero pixel gets its distance to the nearest zero pixel. An image without any zero
+    pixel gets 1e9 everywhere, as the Triton kernel's 1e18 "infinity" gives after its sqrt.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    assert data.dim() == 3
+    values = data.detach().cpu().numpy().astype(bool)
+    out = np.empty(values.shape, dtype=np.float32)
+    for i in range(values.shape[0]):
+        if values[i].all():
+            out[i] = 1e9
+        else:
+            out[i] = distance_transform_edt(values[i])
+    return torch.from_numpy(out).to(data.device)
+
+
+def _make_edt_dispatch(original):
+    def edt(data: torch.Tensor) -> torch.Tensor:
+        if data.is_cuda and original is not None:
+            return original(data)
+        return edt_cpu(data)
+
+    edt.__wrapped__ = original
+    return edt
+
+
+def ensure_sam3_importable() -> None:
+    """Lets `import sam3.model_builder` succeed without Triton (CPU-only torch builds)."""
+    if "sam3.model.edt" in sys.modules or importlib.util.find_spec("triton") is not None:
+        return
+    stub = types.ModuleType("sam3.model.edt")
+    stub.edt_triton = edt_cpu  # type: ignore[attr-defined]
+    stub.__doc__ = "Stand-in registered by sam3_grpc: Triton is not installed."
+    sys.modules["sam3.model.edt"] = stub
+
+
+@contextlib.contextmanager
+def quiet_sam3_warnings() -> Iterator[None]:
+    """Hides two warnings sam3 raises on every start, neither actionable here: CUDA autocast
+    decorators evaluated on a machine without CUDA, and `torch.jit.script` being deprecated
+    (`sam3/model/utils/sam1_utils.py`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Disabling autocast.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*jit.script.*")
+        yield
+
+
+def import_sam3_quietly() -> None:
+    """Imports the sam3 modules the engine uses, without their import-time warnings."""
+    ensure_sam3_importable()
+    with quiet_sam3_warnings():
+        import sam3.model.sam3_video_inference  # noqa: F401
+        import sam3.model_builder  # noqa: F401
+
+
+def install_cpu_patches() -> None:
+    """Installs pieces 3 and 4 into the sam3 modules (idempotent, process-wide).
+
+    Both replacements act only on CPU tensors, so a CUDA engine in the same process is unaffected.
+    """
+    global _patches_installed
+    with _PATCH_LOCK:
+        if _patches_installed:
+            return
+        import_sam3_quietly()
+        import sam3.model.sam3_tracker_utils as tracker_utils
+        import sam3.perflib.connected_components as cc
+
+        cc.connected_components_cpu = connected_components_cpu
+        tracker_utils.edt_triton = _make_edt_dispatch(getattr(tracker_utils, "edt_triton", None))
+        _patches_installed = True
+
+
+def patches_installed() -> bool:
+    return _patches_installed

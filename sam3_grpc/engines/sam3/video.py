@@ -1,0 +1,519 @@
+"""Video sessions driven directly on `Sam3VideoInferenceWithInstanceInteractivity`.
+
+`Sam3VideoPredictor` is not used: it moves the model to CUDA unconditionally and keeps every
+session in a class-level dict. This module calls the same model methods it dispatches to
+(`add_prompt`, `remove_object`, `reset_state`, `propagate_in_video`), with these choices:
+
+Frames. Decoded by `load_frames` into float16 at the model resolution and kept in host memory
+(`HostFrames`), whatever the device: ~6.1 MB a frame at 1008 px, 5.7 GiB per 1,000 frames, moved
+to the device one frame at a time when the detector needs it (a 6 MB copy next to ~0.1 s of
+compute per frame on a GPU; sam3's own comment on `offload_video_to_cpu` calls the overhead very
+small). Two sam3 0.1.4 defects make its loaders unsuitable for a server: `init_state` copies the
+whole batch to the device even with `offload_video_to_cpu=True` (`copy_data_to_device` on the
+`BatchedDatapoint`), and the OpenCV MP4 loader materialises the video as float32 and skips the
+/255 scaling (facebookresearch/sam3#493). Frames here are scaled like sam3's JPEG-folder loader
+(PIL resize, [0, 1], mean/std 0.5), whatever the container.
+
+Prompts (sam3 semantics):
+- text, or one exemplar box, or both: a semantic prompt; sam3 restarts the session (every object
+  is re-detected) and returns the prompted frame's detections;
+- points (with or without object_id): clicks on one object, through the tracker; a new id when
+  object_id is omitted; clicks replace that object's earlier clicks on that frame. sam3 asserts
+  that a cached output exists for the clicked frame (and, in the partial propagation that
+  follows, for every frame); a frame never processed has no objects, so an empty entry is seeded.
+
+Propagation. Each part (forward, then backward) is one sam3 `propagate_in_video` run; sam3's
+reverse propagation skips its start frame, so a backward part [s, ..., e] starts sam3 at s + 1.
+sam3 picks from its action history between detector + tracker ("full"), the tracker for objects
+clicked since the last propagation ("partial") and replaying cached outputs ("fetch"). Its
+heuristic assumes complete forward-then-backward propagations: after a capped or cancelled one it
+replays frames that were never computed, and clicks made before the first propagation would
+propagate only the clicked objects. So here:
+- nothing propagated since the last semantic prompt: detector + tracker over the whole part
+  (`Sam3VideoInference.propagate_in_video`, recorded in the history as sam3 records it);
+- clicks since the last propagation: sam3's partial propagation;
+- otherwise: cached frames are replayed and detector + tracker run from the first frame without
+  a cached output.
+
+Hot start. sam3 withholds outputs for `hotstart_delay` frames (15 in Meta's configuration, 4 in
+the tiny preset) so it can retract objects that turn out to be spurious, then releases them
+oldest first, and everything at the end of the range. sam3's generator already does this
+buffering; it is passed through unchanged. So one step of the propagation generator may compute up
+to 15 frames before its first output (and the last step none); the outputs still come exactly
+once per planned frame, in order, which `_run` checks.
+
+Memory. `VideoRunner.nbytes` counts every tensor a session holds, host frames included, so the
+figure bounds what closing the session frees. `close` drops every reference, collects, empties
+the CUDA cache and trims the C heap (glibc keeps freed pages otherwise, and RSS would not fall).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sam3_grpc.engines.sam3.image import mask_box
+from sam3_grpc.errors import FailedPrecondition, InvalidArgument, OutOfRange, ResourceExhausted
+from sam3_grpc.types import FrameOutput, Prompt, RawDetection, VideoSource
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp")  # as sam3/model/io_utils.py
+SUPPORTED_VIDEO_PROMPTS = (
+    "text; one exemplar box; text + one box; points (clicks on one object, optional object_id)"
+)
+
+
+# ----- frames -----------------------------------------------------------------------------
+class HostFrames:
+    """Normalised float16 frames in host memory, indexable like sam3's `img_batch`.
+
+    Not a Tensor on purpose: sam3's `copy_data_to_device` leaves such objects where they are, and
+    `Sam3Image._get_img_feats` accepts "a list (or other indexable types) of tensors", moving
+    one frame at a time to the device.
+    """
+
+    def __init__(self, frames: list[torch.Tensor]) -> None:
+        self._frames = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._frames[int(index)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self._frames)
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+
+def _frame_tensor(rgb, size: int) -> torch.Tensor:
+    """One RGB frame (PIL image) as sam3's JPEG loader prepares it, stored as float16."""
+    import torchvision.transforms.functional as TF
+
+    tensor = TF.to_tensor(TF.resize(rgb, size=[size, size]))
+    return ((tensor - 0.5) / 0.5).to(torch.float16)
+
+
+def _sorted_frame_names(folder: str) -> list[str]:
+    names = [p for p in os.listdir(folder) if os.path.splitext(p)[-1].lower() in IMAGE_EXTS]
+    try:
+        names.sort(key=lambda p: int(os.path.splitext(p)[0]))
+    except ValueError:  # sam3's fallback for names that are not "<frame_index>.<ext>"
+        names.sort()
+    return names
+
+
+def load_frames(source: VideoSource, size: int) -> tuple[HostFrames, int, int]:
+    """Decodes a video file or a folder of frames: (frames, original height, original width)."""
+    from PIL import Image
+
+    path = source.path
+    frames: list[torch.Tensor] = []
+    height = width = 0
+    if source.is_frame_folder or os.path.isdir(path):
+        if not os.path.isdir(path):
+            raise InvalidArgument(f"frame folder {path!r} does not exist")
+        for name in _sorted_frame_names(path):
+            with Image.open(os.path.join(path, name)) as img:
+                rgb = img.convert("RGB")
+            width, height = rgb.size
+            frames.append(_frame_tensor(rgb, size))
+    else:
+        import cv2
+
+        if not os.path.isfile(path):
+            raise InvalidArgument(f"video file {path!r} does not exist")
+        capture = cv2.VideoCapture(path)
+        try:
+            if not capture.isOpened():
+                raise InvalidArgument(f"cannot decode video {path!r}")
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                height, width = bgr.shape[:2]
+                rgb = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                frames.append(_frame_tensor(rgb, size))
+        finally:
+            capture.release()
+    if not frames:
+        raise InvalidArgument(f"no frames could be decoded from {path!r}")
+    if source.info.frame_count and source.info.frame_count != len(frames):
+        logger.warning(
+            "%s: probed %s frames, decoded %s; using the decoded count",
+            path, source.info.frame_count, len(frames),
+        )
+    return HostFrames(frames), height, width
+
+
+# ----- memory accounting --------------------------------------------------------------------
+def tensor_nbytes(obj: Any, exclude: set[int] | frozenset[int] = frozenset()) -> int:
+    """Bytes of the distinct tensor storages reachable from `obj` (dicts, sequences, dataclasses,
+    plain objects), not descending into modules; storages whose data pointer is in `exclude`
+    (model-owned caches) are not counted."""
+    seen_objects: set[int] = set()
+    seen_storages: set[int] = set(exclude)
+    total = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if item is None or isinstance(item, (str, bytes, int, float, bool, np.ndarray)):
+            continue
+        if id(item) in seen_objects:
+            continue
+        seen_objects.add(id(item))
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr not in seen_storages:
+                seen_storages.add(ptr)
+                total += storage.nbytes()
+        elif isinstance(item, torch.nn.Module):
+            continue
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, HostFrames):
+            stack.extend(item._frames)
+        elif is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name, None) for f in fields(item))
+        elif hasattr(item, "__dict__") and type(item).__module__.startswith("sam3"):
+            stack.extend(vars(item).values())
+    return total
+
+
+def release_host_memory() -> None:
+    """Returns freed heap pages to the OS (glibc), so process RSS reflects a closed session."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# ----- sessions -----------------------------------------------------------------------------
+@dataclass
+class VideoSession:
+    state: dict
+    frames: HostFrames
+    height: int
+    width: int
+    # Frame of the current semantic (text / box) prompt, and frames clicked per object.
+    semantic_frame: int | None = None
+    click_frames: dict[int, set[int]] = field(default_factory=dict)
+    propagating: bool = False
+    closed: bool = False
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.state["num_frames"])
+
+
+class VideoRunner:
+    """The video half of the engine; `context()` supplies the device/autocast context of a step."""
+
+    def __init__(self, model: Any, context: Callable[[], contextlib.AbstractContextManager]):
+        self.model = model
+        self.context = context
+        self.resolution = int(model.image_size)
+
+    # ----- lifecycle -----------------------------------------------------------------------
+    def start(self, source: VideoSource) -> VideoSession:
+        frames, height, width = load_frames(source, self.resolution)
+        with self.context():
+            state = self._init_state(frames, height, width)
+        return VideoSession(state=state, frames=frames, height=height, width=width)
+
+    def _init_state(self, frames: HostFrames, height: int, width: int) -> dict:
+        """What `Sam3VideoInference.init_state` builds, around frames that are already loaded."""
+        state: dict[str, Any] = {
+            "image_size": self.resolution,
+            "num_frames": len(frames),
+            "orig_height": height,
+            "orig_width": width,
+            "constants": {},
+        }
+        self.model._construct_initial_input_batch(state, frames)
+        state["tracker_inference_states"] = []
+        state["tracker_metadata"] = {}
+        state["feature_cache"] = {}
+        state["cached_frame_outputs"] = {}
+        state["action_history"] = []
+        state["is_image_only"] = False
+        return state
+
+    def close(self, session: VideoSession) -> None:
+        session.closed = True
+        session.state.clear()
+        session.frames.clear()
+        session.click_frames.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        release_host_memory()
+
+    def nbytes(self, session: VideoSession, exclude: frozenset[int]) -> int:
+        return tensor_nbytes([session.state, session.frames], exclude)
+
+    # ----- prompts ---------------------------------------------------------------------------
+    def _check_usable(self, session: VideoSession) -> None:
+        if session.closed:
+            raise FailedPrecondition("the session is closed")
+        if session.propagating:
+            raise FailedPrecondition("a propagation is in progress on this session")
+
+    def _check_frame(self, session: VideoSession, frame_index: int) -> None:
+        if not 0 <= frame_index < session.num_frames:
+            raise OutOfRange(
+                f"frame {frame_index} outside the video's {session.num_frames} frames"
+            )
+
+    def add_prompt(
+        self, session: VideoSession, frame_index: int, prompt: Prompt, object_id: int | None
+    ) -> tuple[FrameOutput, list[int]]:
+        self._check_usable(session)
+        self._check_frame(session, frame_index)
+        if prompt.is_empty():
+            raise InvalidArgument(f"empty prompt; supported: {SUPPORTED_VIDEO_PROMPTS}")
+        if prompt.points:
+            return self._add_clicks(session, frame_index, prompt, object_id)
+        if object_id is not None:
+            raise InvalidArgument(
+                "object_id applies to point prompts: text and box prompts re-detect every object"
+            )
+        if len(prompt.boxes) > 1:
+            raise InvalidArgument(
+                "a video prompt takes at most one exemplar box (sam3 0.1.4); "
+                f"supported: {SUPPORTED_VIDEO_PROMPTS}"
+            )
+        boxes_xywh = box_labels = None
+        if prompt.boxes:
+            box = prompt.boxes[0].box
+            w, h = session.width, session.height
+            x0, y0 = max(0.0, box.x_min), max(0.0, box.y_min)
+            x1, y1 = min(float(w), box.x_max), min(float(h), box.y_max)
+            if x1 <= x0 or y1 <= y0:
+                raise InvalidArgument("the box has no area inside the video frame")
+            boxes_xywh = [[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h]]
+            box_labels = [1 if prompt.boxes[0].positive else 0]
+        with self.context():
+            _, out = self.model.add_prompt(
+                session.state,
+                frame_idx=frame_index,
+                text_str=prompt.text or None,
+                boxes_xywh=boxes_xywh,
+                box_labels=box_labels,
+            )
+        # sam3 restarted the session: one semantic prompt, no clicks.
+        session.semantic_frame = frame_index
+        session.click_frames.clear()
+        output = self.frame_output(frame_index, out)
+        return output, [d.object_id for d in output.objects]
+
+    def _add_clicks(
+        self, session: VideoSession, frame_index: int, prompt: Prompt, object_id: int | None
+    ) -> tuple[FrameOutput, list[int]]:
+        if prompt.text or prompt.boxes:
+            raise InvalidArgument(
+                "points cannot be combined with text or boxes; "
+                f"supported: {SUPPORTED_VIDEO_PROMPTS}"
+            )
+        w, h = session.width, session.height
+        for p in prompt.points:
+            if not (0.0 <= p.x <= w and 0.0 <= p.y <= h):
+                raise InvalidArgument(f"point ({p.x}, {p.y}) lies outside the {w}x{h} frame")
+        metadata = session.state["tracker_metadata"]
+        known = [int(i) for i in metadata.get("obj_ids_all_gpu", [])]
+        if object_id is None:
+            object_id = max([int(metadata.get("max_obj_id", -1)), *known]) + 1
+        elif object_id < 0:
+            raise InvalidArgument("object_id must be >= 0")
+        if object_id not in known and len(known) >= self.model.max_num_objects:
+            raise ResourceExhausted(
+                f"the session already tracks the maximum of {self.model.max_num_objects} objects"
+            )
+        points = [[p.x / w, p.y / h] for p in prompt.points]
+        labels = [1 if p.positive else 0 for p in prompt.points]
+        session.state["cached_frame_outputs"].setdefault(frame_index, {})
+        with self.context():
+            result = self.model.add_prompt(
+                session.state,
+                frame_idx=frame_index,
+                points=points,
+                point_labels=labels,
+                obj_id=int(object_id),
+            )
+        if len(result) != 2:  # sam3's (frame, ids, masks, masks) "object limit reached" reply
+            raise ResourceExhausted(
+                f"the session already tracks the maximum of {self.model.max_num_objects} objects"
+            )
+        out = result[1]
+        session.click_frames.setdefault(int(object_id), set()).add(frame_index)
+        return self.frame_output(frame_index, out), [int(object_id)]
+
+    def remove_object(self, session: VideoSession, object_id: int) -> None:
+        self._check_usable(session)
+        if object_id not in self.object_ids(session):
+            raise InvalidArgument(f"no object {object_id} in this session")
+        with self.context():
+            self.model.remove_object(session.state, object_id, is_user_action=True)
+        session.click_frames.pop(object_id, None)
+
+    def reset(self, session: VideoSession) -> None:
+        self._check_usable(session)
+        with self.context():
+            self.model.reset_state(session.state)
+        session.semantic_frame = None
+        session.click_frames.clear()
+
+    def object_ids(self, session: VideoSession) -> list[int]:
+        if session.closed:
+            return []
+        metadata = session.state.get("tracker_metadata") or {}
+        return sorted(int(i) for i in metadata.get("obj_ids_all_gpu", []))
+
+    def prompted_frames(self, session: VideoSession) -> list[int]:
+        frames = set().union(*session.click_frames.values()) if session.click_frames else set()
+        if session.semantic_frame is not None:
+            frames.add(session.semantic_frame)
+        return sorted(frames)
+
+    # ----- propagation -----------------------------------------------------------------------
+    def propagate(
+        self, session: VideoSession, forward: Sequence[int], backward: Sequence[int]
+    ) -> Iterator[FrameOutput]:
+        """Validates now (errors surface at the call, not at the first step), then returns the
+        generator."""
+        self._check_usable(session)
+        forward, backward = list(forward), list(backward)
+        for part, step in ((forward, 1), (backward, -1)):
+            if any(b - a != step for a, b in zip(part, part[1:])):
+                raise InvalidArgument("propagation parts must be consecutive frames")
+            for index in part[:1] + part[-1:]:
+                self._check_frame(session, index)
+        if session.semantic_frame is None and not session.click_frames:
+            raise FailedPrecondition("add a prompt before propagating")
+        return self._propagate(session, forward, backward)
+
+    def _propagate(
+        self, session: VideoSession, forward: list[int], backward: list[int]
+    ) -> Iterator[FrameOutput]:
+        if session.propagating or session.closed:
+            raise FailedPrecondition("a propagation is in progress on this session")
+        session.propagating = True
+        try:
+            if forward:
+                yield from self._propagate_part(session, forward, reverse=False)
+            if backward:
+                yield from self._propagate_part(session, backward, reverse=True)
+        finally:
+            session.propagating = False
+
+    def _propagate_part(
+        self, session: VideoSession, frames: list[int], reverse: bool
+    ) -> Iterator[FrameOutput]:
+        from sam3.model.sam3_video_inference import Sam3VideoInference
+
+        state = session.state
+        kind, _ = self.model.parse_action_history_for_propagation(state)
+        propagated = any("propagation" in a["type"] for a in state["action_history"])
+        if propagated and kind == "propagation_partial":
+            # Clicks since the last propagation: sam3 re-tracks just those objects and merges
+            # them into the cached outputs of the others (it asserts one exists per frame).
+            for index in frames:
+                state["cached_frame_outputs"].setdefault(index, {})
+            yield from self._run(session, frames, reverse, self.model.propagate_in_video)
+            return
+        # Replay what this prompt state already computed; detect + track from the first frame
+        # that was not computed. The first propagation after a prompt computes everything (as
+        # sam3's own first, "full" propagation does), clicked objects included.
+        cached = state["cached_frame_outputs"] if propagated else {}
+        uncached = next((i for i, index in enumerate(frames) if index not in cached), len(frames))
+        for index in frames[:uncached]:
+            with self.context():
+                out = self._replay(state, index)
+            yield self.frame_output(index, out)
+        if uncached < len(frames):
+            rest = frames[uncached:]
+            self.model.add_action_history(state, "propagation_full", frame_idx=rest[0])
+            detect_and_track = Sam3VideoInference.propagate_in_video.__get__(self.model)
+            yield from self._run(session, rest, reverse, detect_and_track)
+
+    def _replay(self, state: dict, index: int) -> dict:
+        """A cached frame's output, post-processed as sam3's "propagation_fetch" does."""
+        metadata = state["tracker_metadata"]
+        out = {
+            "obj_id_to_mask": state["cached_frame_outputs"].get(index, {}),
+            "obj_id_to_score": metadata.get("obj_id_to_score", {}),
+            "obj_id_to_tracker_score": metadata.get("obj_id_to_tracker_score_frame_wise", {}).get(
+                index, {}
+            ),
+        }
+        suppressed = None
+        if "rank0_metadata" in metadata:
+            suppressed = metadata["rank0_metadata"]["suppressed_obj_ids"][index]
+        return self.model._postprocess_output(state, out, suppressed_obj_ids=suppressed)
+
+    def _run(
+        self, session: VideoSession, frames: list[int], reverse: bool, propagate_fn
+    ) -> Iterator[FrameOutput]:
+        """One sam3 propagation over `frames`, stepped under the context, checked against them."""
+        if reverse:  # sam3's reverse propagation starts after its start frame
+            start, count = frames[0] + 1, len(frames)
+        else:
+            start, count = frames[0], len(frames) - 1
+        with self.context():
+            inner = propagate_fn(
+                session.state,
+                start_frame_idx=start,
+                max_frame_num_to_track=count,
+                reverse=reverse,
+            )
+        expected = iter(frames)
+        try:
+            while True:
+                with self.context():
+                    try:
+                        index, out = next(inner)
+                    except StopIteration:
+                        break
+                want = next(expected, None)
+                if index != want:
+                    raise RuntimeError(f"sam3 yielded frame {index}, expected {want}")
+                yield self.frame_output(index, out)
+        finally:
+            with self.context():
+                inner.close()
+        missing = next(expected, None)
+        if missing is not None:
+            raise RuntimeError(f"sam3 stopped before frame {missing}")
+
+    # ----- outputs ---------------------------------------------------------------------------
+    @staticmethod
+    def frame_output(frame_index: int, out: dict | None) -> FrameOutput:
+        objects = []
+        if out is not None:
+            for obj_id, prob, mask in zip(
+                out["out_obj_ids"], out["out_probs"], out["out_binary_masks"]
+            ):
+                mask = np.asarray(mask, dtype=bool)
+                objects.append(
+                    RawDetection(
+                        mask=mask,
+                        score=float(min(1.0, max(0.0, float(prob)))),
+                        object_id=int(obj_id),
+                        box=mask_box(mask),
+                    )
+                )
+        return FrameOutput(frame_index=int(frame_index), objects=objects)
