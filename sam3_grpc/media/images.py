@@ -42,8 +42,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
                 raise InvalidArgument(
                     f"image is {width}x{height} = {width * height} pixels; this server accepts "
                     f"at most {max_pixels} pixels: downscale it first")
-            rgb = image.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
+            # np.array, not asarray: engines get a writable array (torch refuses read-only).
+            return np.array(image.convert("RGB"), dtype=np.uint8)
     except InvalidArgument:
         raise
     except Image.DecompressionBombError as exc:

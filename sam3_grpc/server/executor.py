@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from sam3_grpc.engines.base import Engine
 from sam3_grpc.errors import (
+    ConfigurationError,
     DeadlineExceeded,
     ResourceExhausted,
     ServiceError,
@@ -250,7 +251,10 @@ class DeviceExecutor:
                         "the device ran out of memory for this request; retry later, with a "
                         "smaller image or video, or on another replica", retry_after_s=1.0)
                 else:
-                    logger.exception("%s failed", job.label)
+                    # A caller's failure is logged where it becomes INTERNAL (interceptors.py);
+                    # internal jobs have no such caller, so their failures are logged here.
+                    if job.loop is None and not isinstance(exc, ConfigurationError):
+                        logger.exception("%s failed", job.label)
                     error = exc
             elapsed = time.monotonic() - started
             with self._cv:
