@@ -4,8 +4,9 @@
 
 The synthetic engine segments 5 discs in a 640x480 JPEG; masks are returned as COCO RLE. The
 in-process baseline runs exactly the server's pipeline (decode, engine, filter, RLE encode,
-response message) in one thread without gRPC; the difference is what the service adds:
-transport, (de)serialisation, the hops to the CPU pool and the device thread.
+response message) in one thread without gRPC; the server runs in its own process, as deployed.
+The difference is what the service adds: transport, (de)serialisation, the hops to the CPU pool
+and the device thread.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import grpc
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from common import BackgroundServer, discs_scene, jpeg, machine, summary  # noqa: E402
+from common import discs_scene, jpeg, machine, serve_subprocess, summary  # noqa: E402
 
 from sam3_grpc.config import Settings  # noqa: E402
 from sam3_grpc.engines.synthetic import SyntheticEngine  # noqa: E402
@@ -61,11 +62,11 @@ def main() -> None:
         if i >= args.warmup:
             local.append(time.perf_counter() - started)
 
-    server = BackgroundServer(engine, cache_size=0)
+    server, target = serve_subprocess("--model", "synthetic", "--cache-size", "0")
     request = pb.SegmentImageRequest(image=common_pb2.Image(content=data),
                                      prompts=[common_pb2.Prompt(text="red")])
     remote = []
-    with grpc.insecure_channel(server.target) as channel:
+    with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.SegmentationServiceStub(channel)
         for i in range(args.warmup + args.iterations):
             started = time.perf_counter()
@@ -73,7 +74,8 @@ def main() -> None:
             if i >= args.warmup:
                 remote.append(time.perf_counter() - started)
         assert reply.results == reference.results
-    server.stop()
+    server.terminate()
+    server.wait(30)
 
     local_s, remote_s = summary(local), summary(remote)
     result = {

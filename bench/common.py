@@ -15,6 +15,28 @@ from sam3_grpc.config import Settings
 from sam3_grpc.server.app import create_server
 
 
+def serve_subprocess(*args: str) -> tuple["subprocess.Popen", str]:
+    """Starts `sam3-grpc serve --port 0 ARGS` in its own process (as deployed: no GIL shared
+    with the client); returns the process and its target once health is SERVING."""
+    import re
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "sam3_grpc.cli", "serve", "--port", "0",
+                                *args], stderr=subprocess.PIPE, text=True)
+    port = None
+    for line in process.stderr:
+        match = re.search(r"listening on [\d.]+:(\d+)", line)
+        if match:
+            port = match.group(1)
+        if "health: SERVING" in line:
+            break
+    if port is None or process.poll() is not None:
+        raise RuntimeError("the server did not start")
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    return process, f"127.0.0.1:{port}"
+
+
 class BackgroundServer:
     """A real server on 127.0.0.1 with its event loop on a background thread."""
 

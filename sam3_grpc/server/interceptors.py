@@ -25,7 +25,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sam3_grpc.errors import ServiceError, Unauthenticated, is_out_of_memory
+from sam3_grpc.errors import InvalidArgument, ServiceError, Unauthenticated, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 call_logger = logging.getLogger("sam3_grpc.calls")
@@ -65,7 +65,8 @@ Wrap = Callable[[Callable[..., Any], str], Callable[..., Any]]
 
 
 def rewrap(handler: grpc.RpcMethodHandler, method: str, wrap_unary: Wrap,
-           wrap_stream: Wrap) -> grpc.RpcMethodHandler:
+           wrap_stream: Wrap, deserializer: Callable[[bytes], Any] | None = None
+           ) -> grpc.RpcMethodHandler:
     """The same handler with its behavior wrapped, whatever its call shape."""
     shapes = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, wrap_unary),
@@ -76,16 +77,55 @@ def rewrap(handler: grpc.RpcMethodHandler, method: str, wrap_unary: Wrap,
     for attribute, build, wrap in shapes:
         behavior = getattr(handler, attribute)
         if behavior is not None:
-            return build(wrap(behavior, method), handler.request_deserializer,
+            return build(wrap(behavior, method), deserializer or handler.request_deserializer,
                          handler.response_serializer)
     return handler
+
+
+class _Malformed:
+    """Stands in for a request message whose bytes did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # grpc answers a deserialization failure with UNKNOWN (or INTERNAL inside a stream); keep
+    # the failure as a value so the handler wrapper can answer INVALID_ARGUMENT instead.
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's bytes
+            return _Malformed(exc)
+
+    return parse
+
+
+def _checked(message: Any) -> Any:
+    if isinstance(message, _Malformed):
+        raise InvalidArgument("the request bytes are not a valid message of this method's "
+                              "request type; check the client uses the sam3_grpc.v1 protos")
+    return message
+
+
+async def _checked_stream(messages):
+    async for message in messages:
+        yield _checked(message)
+
+
+def _check_requests(request_or_iterator: Any) -> Any:
+    if hasattr(request_or_iterator, "__aiter__"):
+        return _checked_stream(request_or_iterator)
+    return _checked(request_or_iterator)
 
 
 # ----- error mapping -------------------------------------------------------------------------
 def _map_unary(behavior, method):
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await behavior(request_or_iterator, context)
+            return await behavior(_check_requests(request_or_iterator), context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
@@ -97,7 +137,7 @@ def _map_unary(behavior, method):
 def _map_stream(behavior, method):
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext):
         try:
-            async for response in behavior(request_or_iterator, context):
+            async for response in behavior(_check_requests(request_or_iterator), context):
                 yield response
         except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
             raise
@@ -116,7 +156,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         # Health and reflection are grpc's own handlers with their own error handling.
         if handler is None or method.startswith("/grpc."):
             return handler
-        return rewrap(handler, method, _map_unary, _map_stream)
+        return rewrap(handler, method, _map_unary, _map_stream,
+                      deserializer=_lenient(handler.request_deserializer))
 
 
 # ----- authentication ------------------------------------------------------------------------

@@ -43,15 +43,32 @@ class Session:
     propagating: bool = False
     pending_ops: int = 0  # AddPrompt/RemoveObject/ResetSession calls queued or running
     closed: bool = False
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
 
     def touch(self) -> None:
         self.last_used_at = time.time()
 
-    def require_idle(self) -> None:
-        if self.propagating:
-            raise FailedPrecondition(
-                f"session {self.session_id} is propagating; cancel that Propagate call or wait "
-                "for it to finish")
+    async def require_idle(self, grace_s: float = 1.0) -> None:
+        """Refuses while a Propagate streams on this session. A client that has just cancelled
+        its stream may ask again before the server has torn it down, so wait `grace_s` first."""
+        deadline = time.monotonic() + grace_s
+        while self.propagating:  # re-checked: another waiter may have started one meanwhile
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise FailedPrecondition(
+                    f"session {self.session_id} is propagating; cancel that Propagate call or "
+                    "wait for it to finish") from None
+
+    def set_propagating(self, value: bool) -> None:
+        self.propagating = value
+        if value:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     def require_no_pending_ops(self) -> None:
         if self.pending_ops:

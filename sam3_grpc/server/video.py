@@ -195,7 +195,9 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 self.sessions.uploads_in_progress -= 1
                 if writing is not None and not writing.done():
                     await asyncio.wait([writing])  # never close the file under a write
-                await self.runtime.on_cpu(handle.close)
+                # Closed here, not on the CPU pool: at shutdown the pool may be gone, and the
+                # writes already happened there (closing flushes at most one small buffer).
+                handle.close()
             if received != meta.size_bytes:
                 raise InvalidArgument(
                     f"received {received} bytes but metadata declared {meta.size_bytes}; the "
@@ -216,7 +218,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
     async def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.AddPromptResponse:
         self.runtime.require_ready()
         session = self.sessions.get(request.session_id)
-        session.require_idle()
+        await session.require_idle()
         info = session.source.info
         if request.frame_index >= info.frame_count:
             raise InvalidArgument(f"frame_index {request.frame_index} is outside the video's "
@@ -239,7 +241,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
     async def RemoveObject(self, request: pb.RemoveObjectRequest, context) -> pb.RemoveObjectResponse:
         self.runtime.require_ready()
         session = self.sessions.get(request.session_id)
-        session.require_idle()
+        await session.require_idle()
         if request.object_id not in session.object_ids:
             raise InvalidArgument(f"object_id {request.object_id} is not tracked in this session "
                                   f"(tracked: {session.object_ids or 'none'})")
@@ -251,7 +253,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
     async def ResetSession(self, request: pb.ResetSessionRequest, context) -> pb.ResetSessionResponse:
         self.runtime.require_ready()
         session = self.sessions.get(request.session_id)
-        session.require_idle()
+        await session.require_idle()
         await self._run_on_session(
             session, lambda engine, state: engine.reset_session(state), context, "ResetSession")
         return pb.ResetSessionResponse(session=session_to_proto(session, self.sessions))
@@ -277,7 +279,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         runtime = self.runtime
         runtime.require_ready()
         session = self.sessions.get(request.session_id)
-        session.require_idle()
+        await session.require_idle()
         if not session.prompted_frames:
             raise FailedPrecondition("the session has no prompts: call AddPrompt before "
                                      "Propagate")
@@ -320,7 +322,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 session.memory_bytes = engine.session_nbytes(session.state)
 
         session.require_no_pending_ops()
-        session.propagating = True
+        session.set_propagating(True)
         producer = asyncio.get_running_loop().create_task(produce())
         try:
             for done in range(1, total + 1):
@@ -342,7 +344,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 pass
             if not session.closed:
                 runtime.executor.run_soon(finish, label="PropagateFinish")
-            session.propagating = False
+            session.set_propagating(False)
             session.touch()
 
     # ----- queries and closing ---------------------------------------------------------------
