@@ -42,8 +42,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
                 raise InvalidArgument(
                     f"image is {width}x{height} = {width * height} pixels; this server accepts "
                     f"at most {max_pixels} pixels: downscale it first")
-            # np.array, not asarray: engines get a writable array (torch refuses read-only).
-            return np.array(image.convert("RGB"), dtype=np.uint8)
+        return _decode_pixels(data, image)
     except InvalidArgument:
         raise
     except Image.DecompressionBombError as exc:
@@ -56,6 +55,23 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
             "image bytes are not a readable JPEG, PNG, WebP, BMP or TIFF image") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidArgument(f"image is truncated or corrupt: {exc}") from exc
+
+
+def _decode_pixels(data: bytes, header) -> np.ndarray:
+    """Full decode, once the header passed the checks. OpenCV decodes straight into a numpy
+    array (Pillow's array export costs a copy through bytes); Pillow remains the fallback for
+    what OpenCV cannot read. EXIF orientation is ignored either way, as documented."""
+    import cv2
+
+    if header.format in ("JPEG", "MPO") and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        # OpenCV fills a truncated JPEG with grey; Pillow reports it (and reads the rare JPEG
+        # with trailing bytes correctly).
+        return np.array(header.convert("RGB"), dtype=np.uint8)
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if bgr is not None and bgr.shape[:2] == (header.size[1], header.size[0]):
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return np.array(header.convert("RGB"), dtype=np.uint8)
 
 
 def content_key(data: bytes) -> str:

@@ -196,8 +196,13 @@ def create_server(settings: Settings, engine: Engine) -> tuple[Sam3Server, int]:
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    import cv2
+
     from sam3_grpc.engines import create_engine
 
+    # CPU-side work is parallel across the --cpu-workers pool and the device thread; OpenCV's
+    # own thread pool inside each of them would only oversubscribe the cores.
+    cv2.setNumThreads(1)
     server, port = create_server(settings, create_engine(settings))
     logger.info("sam3-grpc listening on %s:%d (model %s)", settings.host, port, settings.model)
     stop = asyncio.Event()

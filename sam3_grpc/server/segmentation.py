@@ -1,9 +1,9 @@
-"""SegmentationService: validates, decodes off the device thread, queues one device job."""
+"""SegmentationService: validate, then a three-stage pipeline: decode on the CPU pool, one job on
+the device thread, mask encoding on the CPU pool."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import grpc
 
@@ -11,27 +11,9 @@ from sam3_grpc.errors import InvalidArgument
 from sam3_grpc.media.images import content_key, decode_image
 from sam3_grpc.media.paths import resolve_media_path
 from sam3_grpc.server import convert
-from sam3_grpc.server.cache import EmbeddingCache
 from sam3_grpc.server.runtime import Runtime, deadline_of
-from sam3_grpc.types import Prompt, RawDetection
-from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as pb
+from sam3_grpc.v1 import segmentation_service_pb2 as pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
-
-
-def segment_job(
-    cache: EmbeddingCache, key: str, image, prompts: Sequence[Prompt]
-):
-    """The device job: the image encoding comes from the cache when it can."""
-
-    def run(engine) -> tuple[list[list[RawDetection]], bool]:
-        state = cache.get(key)
-        hit = state is not None
-        if not hit:
-            state = engine.encode_image(image)
-            cache.put(key, state, engine.state_nbytes(state))
-        return engine.predict(state, prompts), hit
-
-    return run
 
 
 def read_image_file(path: str, max_bytes: int) -> bytes:
@@ -47,21 +29,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def _image_bytes(self, image: common_pb2.Image) -> bytes:
-        source = image.WhichOneof("source")
+    def _read_path(self, path: str) -> bytes:
         settings = self.runtime.settings
-        if source == "content":
-            return image.content
-        if source == "path":
-            path = resolve_media_path(image.path, settings.media_roots)
-            return await self.runtime.on_cpu(read_image_file, str(path), settings.max_image_bytes)
-        raise InvalidArgument("image is missing: set image.content (bytes) or image.path")
-
-    def _decode(self, data: bytes):
-        settings = self.runtime.settings
-        image = decode_image(data, max_bytes=settings.max_image_bytes,
-                             max_pixels=settings.max_image_pixels)
-        return image, content_key(data)
+        return read_image_file(str(resolve_media_path(path, settings.media_roots)),
+                               settings.max_image_bytes)
 
     async def SegmentImage(
         self, request: pb.SegmentImageRequest, context: grpc.aio.ServicerContext
@@ -72,20 +43,38 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         prompts = convert.prompts_from_proto(request.prompts, settings)
         spec = convert.output_from_proto(
             request.output, settings, runtime.engine.info.default_score_threshold)
-        data = await self._image_bytes(request.image)
-        image, key = await runtime.on_cpu(self._decode, data)
-        height, width = image.shape[:2]
-        prompts = [convert.fit_prompt_to_image(p, width, height, f"prompts[{i}]")
-                   for i, p in enumerate(prompts)]
-        results, hit = await runtime.executor.submit(
-            segment_job(runtime.cache, key, image, prompts),
-            deadline=deadline_of(context), label="SegmentImage")
-        return await runtime.on_cpu(self._render, results, spec, width, height, hit)
+        source = request.image.WhichOneof("source")
+        if source is None:
+            raise InvalidArgument("image is missing: set image.content (bytes) or image.path")
+        cache = runtime.cache
 
-    @staticmethod
-    def _render(results, spec, width, height, hit) -> pb.SegmentImageResponse:
-        response = pb.SegmentImageResponse(width=width, height=height, cache_hit=hit)
-        for index, detections in enumerate(results):
-            response.results.add(
-                prompt_index=index, detections=convert.render_detections(detections, spec))
-        return response
+        def prepare():  # CPU pool: read, decode, check prompts against the image size
+            data = (request.image.content if source == "content"
+                    else self._read_path(request.image.path))
+            image = decode_image(data, max_bytes=settings.max_image_bytes,
+                                 max_pixels=settings.max_image_pixels)
+            height, width = image.shape[:2]
+            fitted = [convert.fit_prompt_to_image(p, width, height, f"prompts[{i}]")
+                      for i, p in enumerate(prompts)]
+            return image, content_key(data), fitted
+
+        def run(engine, prepared):  # device thread: the encoding comes from the cache if it can
+            image, key, fitted = prepared
+            state = cache.get(key)
+            hit = state is not None
+            if not hit:
+                state = engine.encode_image(image)
+                cache.put(key, state, engine.state_nbytes(state))
+            return engine.predict(state, fitted), hit, image.shape
+
+        def finish(outcome):  # CPU pool: filter and encode masks
+            results, hit, (height, width, _) = outcome
+            response = pb.SegmentImageResponse(width=width, height=height, cache_hit=hit)
+            for index, detections in enumerate(results):
+                response.results.add(
+                    prompt_index=index, detections=convert.render_detections(detections, spec))
+            return response
+
+        return await runtime.executor.submit(
+            run, prepare=prepare, finish=finish, cpu_pool=runtime.cpu_pool,
+            deadline=deadline_of(context), label="SegmentImage")
