@@ -525,3 +525,79 @@ def test_shutdown_closes_sessions_and_removes_uploads(start_server, clip_file):
     server.stop()
     assert not directory.exists()
     assert engine.calls["close_session"] == 2
+
+
+class StepRecordingEngine(SyntheticEngine):
+    """Records, per propagation step, which session's state it advanced."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.step_owners: list[int] = []
+
+    def propagate(self, state, forward, backward):
+        for frame in super().propagate(state, forward, backward):
+            self.step_owners.append(id(state))
+            yield frame
+
+
+def test_concurrent_propagations_share_the_device_round_robin(start_server, tmp_path):
+    engine = StepRecordingEngine(latency_ms=3)
+    server = start_server(engine, stream_buffer_frames=2)
+    path = write_video(tmp_path / "rr.avi", disc_clip(frames=40, step=2)[0])
+    sessions = [upload(server, path) for _ in range(2)]
+    for session in sessions:
+        add_text(server, session.session_id)
+    streams = [server.video.Propagate(pb.PropagateRequest(session_id=s.session_id))
+               for s in sessions]
+    counts = []
+    threads = [threading.Thread(target=lambda s=s: counts.append(sum(1 for _ in s)))
+               for s in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert counts == [40, 40]
+    owners = engine.step_owners
+    assert len(owners) == 80 and len(set(owners)) == 2
+    # While both streams run (up to the last step of the one that finishes first), neither gets
+    # more than a couple of steps in a row: the FIFO queue alternates between the two producers.
+    second_start = min(owners.index(o) for o in set(owners) if o != owners[0])
+    first_end = max(i for i, o in enumerate(owners) if o != owners[-1])
+    both_running = owners[second_start: first_end + 1]
+    runs, current = [], 1
+    for previous, owner in zip(both_running, both_running[1:]):
+        if owner == previous:
+            current += 1
+        else:
+            runs.append(current)
+            current = 1
+    runs.append(current)
+    assert len(both_running) >= 60 and max(runs) <= 3, runs
+
+
+def test_concurrent_upload_limit(start_server, clip_file):
+    server = start_server(SyntheticEngine(), max_concurrent_uploads=1)
+    release = threading.Event()
+    started = threading.Event()
+    with open(clip_file, "rb") as handle:
+        data = handle.read()
+
+    def slow():
+        requests = upload_requests(data)
+        yield next(requests)
+        started.set()
+        release.wait(20)
+        yield from requests
+
+    first = server.video.UploadVideo.future(slow(), timeout=60)
+    assert started.wait(10)
+    deadline = time.monotonic() + 10
+    while server.server.sessions.uploads_in_progress == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(grpc.RpcError) as caught:
+        server.video.UploadVideo(upload_requests(data), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "uploads are already in progress" in caught.value.details()
+    release.set()
+    assert first.result(timeout=60).session.video.frame_count == 12
