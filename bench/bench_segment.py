@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    # The server runs OpenCV single-threaded (parallelism comes from its CPU pool); do the same
-    # here so both sides do identical engine work and the difference is the service alone.
+    # The server runs OpenCV with one thread per call (--opencv-threads 1); do the same here so
+    # both sides do identical engine work and the difference is the service alone.
     cv2.setNumThreads(1)
     data = jpeg(discs_scene())
     settings = Settings(cache_size=0)  # every call encodes, like the in-process baseline

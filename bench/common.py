@@ -15,7 +15,8 @@ from sam3_grpc.config import Settings
 from sam3_grpc.server.app import create_server
 
 
-def serve_subprocess(*args: str) -> tuple["subprocess.Popen", str]:
+def serve_subprocess(*args: str, env: dict[str, str] | None = None
+                     ) -> tuple["subprocess.Popen", str]:
     """Starts `sam3-grpc serve --port 0 ARGS` in its own process (as deployed: no GIL shared
     with the client); returns the process and its target once health is SERVING."""
     import re
@@ -23,7 +24,8 @@ def serve_subprocess(*args: str) -> tuple["subprocess.Popen", str]:
     import sys
 
     process = subprocess.Popen([sys.executable, "-m", "sam3_grpc.cli", "serve", "--port", "0",
-                                *args], stderr=subprocess.PIPE, text=True)
+                                *args], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **(env or {})})
     port = None
     for line in process.stderr:
         match = re.search(r"listening on [\d.]+:(\d+)", line)

@@ -39,6 +39,7 @@ class Settings:
     # Executor
     queue_size: int = 64
     cpu_workers: int = 2
+    opencv_threads: int = 1
     # Images
     max_image_bytes: int = 48 * MiB
     max_image_pixels: int = 50_000_000
@@ -137,6 +138,8 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("queue_size", "Jobs that may wait for the device; more are rejected with "
           "RESOURCE_EXHAUSTED.", int),
     _Flag("cpu_workers", "Threads for CPU-side work (image decode, mask encoding).", int),
+    _Flag("opencv_threads", "Threads OpenCV may use inside one call (video decode, mask "
+          "geometry); the CPU pool already runs calls in parallel.", int),
     _Flag("max_image_bytes", "Largest encoded image accepted.", _size, metavar="BYTES"),
     _Flag("max_image_pixels", "Largest image accepted, in pixels (width x height), checked "
           "from the header before decoding.", int, metavar="PIXELS"),
@@ -250,7 +253,7 @@ def validate(settings: Settings) -> None:
         "queue_size", "cpu_workers", "max_prompts", "max_detections", "max_image_bytes",
         "max_image_pixels", "max_receive_message_bytes", "max_send_message_bytes",
         "max_upload_bytes", "max_frames", "max_video_pixels", "max_sessions",
-        "stream_buffer_frames", "max_concurrent_uploads", "max_text_chars",
+        "stream_buffer_frames", "max_concurrent_uploads", "max_text_chars", "opencv_threads",
     )
     for name in positive:
         if getattr(settings, name) <= 0:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import sys
 import threading
 import types
@@ -176,11 +177,37 @@ def quiet_sam3_warnings() -> Iterator[None]:
 
 
 def import_sam3_quietly() -> None:
-    """Imports the sam3 modules the engine uses, without their import-time warnings."""
+    """Imports the sam3 modules the engine uses, without their import-time warnings, and turns
+    down their console output: every sam3 module logs INFO lines through its own handler
+    (`sam3/logger.py`), and frame loading and propagation draw tqdm progress bars on stderr,
+    one per call — noise in a server's log. sam3's warnings still show."""
     ensure_sam3_importable()
     with quiet_sam3_warnings():
         import sam3.model.sam3_video_inference  # noqa: F401
         import sam3.model_builder  # noqa: F401
+    for name in list(logging.root.manager.loggerDict):
+        if name == "sam3" or name.startswith("sam3."):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    for module_name in _MODULES_WITH_PROGRESS_BARS:
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, "tqdm"):
+            module.tqdm = _silenced(module.tqdm)
+
+
+def _silenced(progress_bar):
+    def silent(*args, **kwargs):
+        kwargs["disable"] = True  # overrides sam3's own `disable=self.rank > 0`
+        return progress_bar(*args, **kwargs)
+
+    return silent
+
+
+# sam3 0.1.4 modules that draw tqdm bars: frame loading and both propagation loops.
+_MODULES_WITH_PROGRESS_BARS = (
+    "sam3.model.io_utils",
+    "sam3.model.sam3_tracking_predictor",
+    "sam3.model.sam3_video_inference",
+)
 
 
 def install_cpu_patches() -> None:
