@@ -201,8 +201,7 @@ async def serve(settings: Settings) -> None:
     from sam3_grpc.engines import create_engine
 
     # The CPU pool and the device thread already run OpenCV work in parallel; OpenCV's own
-    # thread pool inside each of them oversubscribes the cores (measured: 240 → 320+ frames/s
-    # propagated on 2 cores with one OpenCV thread; see BENCHMARKS.md).
+    # thread pool inside each of them would oversubscribe the cores (see BENCHMARKS.md).
     cv2.setNumThreads(settings.opencv_threads)
     server, port = create_server(settings, create_engine(settings))
     logger.info("sam3-grpc listening on %s:%d (model %s)", settings.host, port, settings.model)
