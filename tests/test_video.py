@@ -601,3 +601,37 @@ def test_concurrent_upload_limit(start_server, clip_file):
     assert "uploads are already in progress" in caught.value.details()
     release.set()
     assert first.result(timeout=60).session.video.frame_count == 12
+
+
+class SlowStartEngine(SyntheticEngine):
+    """Creates a session's state, then waits: the caller can leave in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created = threading.Event()
+        self.proceed = threading.Event()
+
+    def start_session(self, source):
+        state = super().start_session(source)
+        self.created.set()
+        assert self.proceed.wait(30)
+        return state
+
+
+def test_session_started_for_a_caller_who_left_is_freed(start_server, clip_file):
+    engine = SlowStartEngine()
+    server = start_server(engine)
+    with open(clip_file, "rb") as handle:
+        data = handle.read()
+    future = server.video.UploadVideo.future(upload_requests(data), timeout=60)
+    assert engine.created.wait(10)  # the state exists; the job has not returned yet
+    future.cancel()
+    deadline = time.monotonic() + 10
+    while upload_files(server):  # the handler saw the cancellation and removed the upload
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    engine.proceed.set()
+    while engine.calls["close_session"] < 1:  # the state nobody owns any more is freed
+        assert time.monotonic() < deadline, "the orphaned session state was never closed"
+        time.sleep(0.01)
+    assert server.video.ListSessions(pb.ListSessionsRequest()).sessions == []

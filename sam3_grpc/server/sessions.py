@@ -187,12 +187,19 @@ class SessionManager:
             upload_path=upload_path,
         )
 
-        def start(engine):
-            state = engine.start_session(source)
-            return state, engine.session_nbytes(state)
+        def start(engine) -> None:
+            # Stored on the device thread, so a cleanup queued behind this job sees it.
+            session.state = engine.start_session(source)
+            session.memory_bytes = engine.session_nbytes(session.state)
 
-        session.state, session.memory_bytes = await self.runtime.executor.submit(
-            start, deadline=deadline, label="StartSession")
+        try:
+            await self.runtime.executor.submit(start, deadline=deadline, label="StartSession")
+        except BaseException:
+            # The caller went away (or failed) while the session was being created: free what
+            # the start job may still create, or the device memory would have no owner.
+            session.closed = True
+            self._free_state(session)
+            raise
         self._sessions[session.session_id] = session
         logger.info("session %s opened: %d frames %dx%d%s", session.session_id,
                     source.info.frame_count, source.info.width, source.info.height,
@@ -204,14 +211,7 @@ class SessionManager:
         if session is None:
             return False
         session.closed = True
-
-        def free(engine) -> None:
-            if session.state is not None:
-                engine.close_session(session.state)
-                session.state = None
-
-        # Internal job: runs even when the queue is full, and cannot be abandoned.
-        done = self.runtime.executor.run_soon(free, label="CloseSession")
+        done = self._free_state(session)
         if wait:
             try:
                 await asyncio.wrap_future(done)
@@ -221,6 +221,17 @@ class SessionManager:
             session.upload_path.unlink(missing_ok=True)
         logger.info("session %s closed", session_id)
         return True
+
+    def _free_state(self, session: Session):
+        """Queues the release of a session's engine state. An internal job: it runs even when
+        the queue is full, cannot be abandoned, and runs after any job already running."""
+
+        def free(engine) -> None:
+            if session.state is not None:
+                engine.close_session(session.state)
+                session.state = None
+
+        return self.runtime.executor.run_soon(free, label="CloseSession")
 
     async def _reap_forever(self) -> None:
         interval = max(0.05, min(30.0, self.settings.session_ttl_s / 4))
