@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import discs_scene, jpeg, machine  # noqa: E402
+from common import discs_scene, jpeg, machine, serve_subprocess  # noqa: E402
 
 from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as seg_pb  # noqa: E402
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc  # noqa: E402
@@ -38,23 +37,6 @@ from sam3_grpc.v1 import video_service_pb2 as pb  # noqa: E402
 from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def start_server(media_root: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic", "--port", "0",
-         "--media-root", media_root, "--max-frames", "100000", *extra],
-        stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in process.stderr:
-        match = re.search(r"listening on [\d.]+:(\d+)", line)
-        if match:
-            port = match.group(1)
-        if "health: SERVING" in line:
-            break
-    assert port, "server did not start"
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-    return process, f"127.0.0.1:{port}"
 
 
 def noise_video(path: str, min_bytes: int) -> str:
@@ -218,7 +200,8 @@ def main() -> None:
         print(f"machine: {machine()}")
         noise = noise_video(os.path.join(media, "noise.avi"), args.upload_mb * MiB)
         discs_video(os.path.join(media, "discs.mp4"), args.frames)
-        process, target = start_server(media, "--max-upload-bytes", "4G")
+        process, target = serve_subprocess("--model", "synthetic", "--media-root", media,
+                                           "--max-frames", "100000", "--max-upload-bytes", "4G")
         try:
             raw = os.path.join(media, "random.bin")
             with open(raw, "wb") as handle:

@@ -15,10 +15,11 @@ from sam3_grpc.config import Settings
 from sam3_grpc.server.app import create_server
 
 
-def serve_subprocess(*args: str, env: dict[str, str] | None = None
-                     ) -> tuple["subprocess.Popen", str]:
+def serve_subprocess(*args: str, env: dict[str, str] | None = None,
+                     on_line=None) -> tuple["subprocess.Popen", str]:
     """Starts `sam3-grpc serve --port 0 ARGS` in its own process (as deployed: no GIL shared
-    with the client); returns the process and its target once health is SERVING."""
+    with the client); returns the process and its target once health is SERVING. Every line the
+    server logs goes to `on_line` if given (the pipe is drained either way)."""
     import re
     import subprocess
     import sys
@@ -28,6 +29,8 @@ def serve_subprocess(*args: str, env: dict[str, str] | None = None
                                env={**os.environ, **(env or {})})
     port = None
     for line in process.stderr:
+        if on_line is not None:
+            on_line(line)
         match = re.search(r"listening on [\d.]+:(\d+)", line)
         if match:
             port = match.group(1)
@@ -35,7 +38,15 @@ def serve_subprocess(*args: str, env: dict[str, str] | None = None
             break
     if port is None or process.poll() is not None:
         raise RuntimeError("the server did not start")
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+
+    def drain() -> None:
+        for line in process.stderr:
+            if on_line is not None:
+                on_line(line)
+
+    # Kept on the process so a caller can join it once the server has exited.
+    process.log_drain = threading.Thread(target=drain, daemon=True)
+    process.log_drain.start()
     return process, f"127.0.0.1:{port}"
 
 

@@ -22,7 +22,6 @@ import argparse
 import collections
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import discs_scene, jpeg, machine  # noqa: E402
+from common import discs_scene, jpeg, machine, serve_subprocess  # noqa: E402
 
 from sam3_grpc.v1 import common_pb2, status_service_pb2  # noqa: E402
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb  # noqa: E402
@@ -70,30 +69,14 @@ class OwnServer:
     def __init__(self, latency_ms: float, workdir: str, queue_size: int) -> None:
         self.upload_dir = os.path.join(workdir, "uploads")
         self.log_path = os.path.join(workdir, "server.log")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic",
-             "--port", "0", "--synthetic-latency-ms", str(latency_ms), "--grace", "5",
-             "--upload-dir", self.upload_dir, "--queue-size", str(queue_size)],
-            stderr=subprocess.PIPE, text=True)
-        port = None
-        log = open(self.log_path, "w")
-        for line in self.process.stderr:
-            log.write(line)
-            match = re.search(r"listening on [\d.]+:(\d+)", line)
-            if match:
-                port = match.group(1)
-            if "health: SERVING" in line:
-                break
-        if not port:
-            raise SystemExit("the server did not start; see " + self.log_path)
-        self.target = f"127.0.0.1:{port}"
-        self._drain = threading.Thread(target=self._copy, args=(log,), daemon=True)
-        self._drain.start()
-
-    def _copy(self, log) -> None:
-        for line in self.process.stderr:
-            log.write(line)
-        log.close()
+        self._log = open(self.log_path, "w")
+        try:
+            self.process, self.target = serve_subprocess(
+                "--model", "synthetic", "--synthetic-latency-ms", str(latency_ms), "--grace", "5",
+                "--upload-dir", self.upload_dir, "--queue-size", str(queue_size),
+                on_line=self._log.write)
+        except RuntimeError:
+            raise SystemExit("the server did not start; see " + self.log_path) from None
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -102,7 +85,8 @@ class OwnServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait(10)
-        self._drain.join(10)
+        self.process.log_drain.join(10)
+        self._log.close()
         return code
 
     def log_errors(self) -> int:
