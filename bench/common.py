@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
 import threading
 
 import cv2
@@ -16,14 +19,10 @@ from sam3_grpc.server.app import create_server
 
 
 def serve_subprocess(*args: str, env: dict[str, str] | None = None,
-                     on_line=None) -> tuple["subprocess.Popen", str]:
+                     on_line=None) -> tuple[subprocess.Popen, str]:
     """Starts `sam3-grpc serve --port 0 ARGS` in its own process (as deployed: no GIL shared
     with the client); returns the process and its target once health is SERVING. Every line the
     server logs goes to `on_line` if given (the pipe is drained either way)."""
-    import re
-    import subprocess
-    import sys
-
     process = subprocess.Popen([sys.executable, "-m", "sam3_grpc.cli", "serve", "--port", "0",
                                 *args], stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})})

@@ -396,7 +396,7 @@ def report(args, record: Record, elapsed: float, start: dict, end: dict, peak: f
         f"| lost requests (no status, or stuck at the end) | {len(record.lost)} |",
         f"| leftover upload files after closing every session | "
         f"{'n/a' if leftovers[0] is None else leftovers[0]} |",
-        f"| health probes (1 s deadline, every 1 s) | "
+        "| health probes (1 s deadline, every 1 s) | "
         + ", ".join(f"{k} {v}" for k, v in sorted(health.items())) + " |",
     ]
     if args.own:
