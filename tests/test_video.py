@@ -635,3 +635,22 @@ def test_session_started_for_a_caller_who_left_is_freed(start_server, clip_file)
         assert time.monotonic() < deadline, "the orphaned session state was never closed"
         time.sleep(0.01)
     assert server.video.ListSessions(pb.ListSessionsRequest()).sessions == []
+
+
+@pytest.mark.parametrize("extension,fourcc", [
+    (".mp4", "mp4v"), (".mov", "mp4v"), (".mkv", "FFV1"), (".webm", "VP80"), (".avi", "MJPG"),
+    (".flv", "FLV1"),
+])
+def test_every_documented_container_is_accepted(synthetic_server, tmp_path, extension, fourcc):
+    images, masks = disc_clip(frames=6)
+    session = upload(synthetic_server, write_video(tmp_path / f"clip{extension}", images,
+                                                   fourcc=fourcc))
+    try:
+        assert session.video.frame_count == 6
+        add_text(synthetic_server, session.session_id)
+        replies = propagate(synthetic_server, session.session_id)
+        assert [r.frame.frame_index for r in replies] == list(range(6))
+        for reply in replies:
+            assert iou(mask_of(reply.frame.objects[0]), masks[reply.frame.frame_index]) >= 0.85
+    finally:
+        synthetic_server.video.CloseSession(pb.CloseSessionRequest(session_id=session.session_id))
