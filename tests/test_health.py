@@ -112,3 +112,16 @@ def test_reflection_lists_every_service(synthetic_server):
     names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert set(SERVICE_NAMES) | {"grpc.health.v1.Health",
                                  "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_a_load_longer_than_the_job_timeout_is_not_a_wedged_engine():
+    engine = SlowLoadingEngine()
+    server = launch(engine, wait_ready=False, job_timeout_s=0.2)
+    try:
+        threading.Timer(1.0, engine.may_load.set).start()  # load takes 5x the job timeout
+        wait_until(lambda: check(server) == SERVING)
+        assert not server.server.executor.wedged
+        assert server.segmentation.SegmentImage(segment_request(), timeout=10).results
+    finally:
+        engine.may_load.set()
+        server.stop()

@@ -9,6 +9,7 @@ import signal
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sam3_grpc.config import Settings
@@ -82,8 +83,6 @@ class Sam3Server:
             VideoServicer(self.runtime, self.sessions), self.server)
         status_service_pb2_grpc.add_StatusServiceServicer_to_server(
             StatusServicer(self.runtime), self.server)
-        from grpc_health.v1 import health_pb2_grpc
-
         health_pb2_grpc.add_HealthServicer_to_server(self.runtime.health.servicer, self.server)
         if settings.reflection:
             reflection.enable_server_reflection(
@@ -107,7 +106,6 @@ class Sam3Server:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host or self.settings.host, self.settings.metrics_port)
         self.executor.start()
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch_executor())
         self.executor.add_depth_listener(runtime.health.on_queue_depth)
         await self.sessions.start()
         engine = runtime.engine
@@ -125,6 +123,8 @@ class Sam3Server:
             logger.warning("model %s is not a trained SAM 3: its masks are not meaningful "
                            "segmentations of real scenes", info.name)
         await runtime.health.set_ready()
+        # Watched from here on: loading a large checkpoint may rightly take longer than a job.
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_executor())
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, let running ones finish within grace seconds,
