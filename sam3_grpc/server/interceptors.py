@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import inspect
 import logging
@@ -261,20 +262,25 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                        "duration_ms": round(elapsed * 1000, 3),
                        "session_id": record.session_id or None, "peer": record.peer})
 
+    @contextlib.contextmanager
+    def _observed(self, method: str, context, request_or_iterator):
+        record = _CallRecord(method, context)
+        record.session_id = _session_id(request_or_iterator)
+        outcome: BaseException | None = None
+        try:
+            yield record
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            self._finish(record, context, outcome)
+
     def _wrap_unary(self, behavior, method):
         async def wrapper(request_or_iterator, context):
-            record = _CallRecord(method, context)
-            record.session_id = _session_id(request_or_iterator)
-            outcome: BaseException | None = None
-            try:
+            with self._observed(method, context, request_or_iterator) as record:
                 response = await behavior(request_or_iterator, context)
                 record.session_id = record.session_id or _session_id(response)
                 return response
-            except BaseException as exc:
-                outcome = exc
-                raise
-            finally:
-                self._finish(record, context, outcome)
 
         return wrapper
 
@@ -284,17 +290,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             return self._wrap_unary(behavior, method)
 
         async def wrapper(request_or_iterator, context):
-            record = _CallRecord(method, context)
-            record.session_id = _session_id(request_or_iterator)
-            outcome: BaseException | None = None
-            try:
+            with self._observed(method, context, request_or_iterator):
                 async for response in behavior(request_or_iterator, context):
                     yield response
-            except BaseException as exc:
-                outcome = exc
-                raise
-            finally:
-                self._finish(record, context, outcome)
 
         return wrapper
 
