@@ -119,20 +119,6 @@ def test_max_frames_and_start_frame(synthetic_server, session, clip):
     assert_frames_match(replies, masks, [6, 5, 4])
 
 
-def test_lossy_mp4_upload_tracks_the_disc(synthetic_server, clip, tmp_path):
-    images, masks = clip
-    path = write_video(tmp_path / "disc.mp4", images, fourcc="mp4v")
-    session = upload(synthetic_server, path)
-    try:
-        add_text(synthetic_server, session.session_id)
-        replies = propagate(synthetic_server, session.session_id)
-        assert [r.frame.frame_index for r in replies] == list(range(12))
-        for reply in replies:
-            assert iou(mask_of(reply.frame.objects[0]), masks[reply.frame.frame_index]) >= 0.9
-    finally:
-        synthetic_server.video.CloseSession(pb.CloseSessionRequest(session_id=session.session_id))
-
-
 def test_start_session_from_media_root_frame_folder(synthetic_server, media_root, clip):
     images, masks = clip
     write_frame_folder(os.path.join(media_root, "clips", "disc"), images)
@@ -637,20 +623,21 @@ def test_session_started_for_a_caller_who_left_is_freed(start_server, clip_file)
     assert server.video.ListSessions(pb.ListSessionsRequest()).sessions == []
 
 
-@pytest.mark.parametrize("extension,fourcc", [
-    (".mp4", "mp4v"), (".mov", "mp4v"), (".mkv", "FFV1"), (".webm", "VP80"), (".avi", "MJPG"),
-    (".flv", "FLV1"),
+@pytest.mark.parametrize("extension,fourcc,min_iou", [
+    (".mp4", "mp4v", 0.9), (".mov", "mp4v", 0.9), (".mkv", "FFV1", 0.99), (".webm", "VP80", 0.85),
+    (".avi", "MJPG", 0.85), (".flv", "FLV1", 0.85),
 ])
-def test_every_documented_container_is_accepted(synthetic_server, tmp_path, extension, fourcc):
-    images, masks = disc_clip(frames=6)
+def test_every_documented_container_is_accepted(synthetic_server, tmp_path, clip, extension,
+                                                fourcc, min_iou):
+    images, masks = clip
     session = upload(synthetic_server, write_video(tmp_path / f"clip{extension}", images,
                                                    fourcc=fourcc))
     try:
-        assert session.video.frame_count == 6
+        assert session.video.frame_count == 12
         add_text(synthetic_server, session.session_id)
         replies = propagate(synthetic_server, session.session_id)
-        assert [r.frame.frame_index for r in replies] == list(range(6))
+        assert [r.frame.frame_index for r in replies] == list(range(12))
         for reply in replies:
-            assert iou(mask_of(reply.frame.objects[0]), masks[reply.frame.frame_index]) >= 0.85
+            assert iou(mask_of(reply.frame.objects[0]), masks[reply.frame.frame_index]) >= min_iou
     finally:
         synthetic_server.video.CloseSession(pb.CloseSessionRequest(session_id=session.session_id))
