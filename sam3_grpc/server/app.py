@@ -156,9 +156,6 @@ class Sam3Server:
                 health.wedged = self.executor.wedged
                 await health.publish()
 
-    async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
-
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Message limits and HTTP/2 limits, set explicitly rather than left to grpc's defaults."""

@@ -201,11 +201,6 @@ class DeviceExecutor:
             self._cv.notify()
         return future
 
-    def call_now(self, fn: Callable[[Engine], T]) -> T:
-        """Runs fn on the executor thread and blocks until done. For start-up (load, warm-up)
-        and shutdown only: never call it from the event loop while serving."""
-        return self.run_soon(fn, label="sync").result()
-
     # ----- watchdog --------------------------------------------------------------------------
     def running_for(self) -> float | None:
         """Seconds the current job has been running (None when idle)."""
