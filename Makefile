@@ -1,0 +1,38 @@
+# Developer entry points. Every target uses the project's .venv (made by `make venv` or by
+# ./scripts/test.sh) and the buf pinned in package.json (npm ci).
+PY ?= .venv/bin/python
+BUF ?= node_modules/.bin/buf
+# `make breaking` compares the protos with this git ref (default: the previous commit).
+BASE ?= HEAD~1
+
+.PHONY: venv lint format protos test test-fast breaking
+
+venv:
+	./scripts/install.sh
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(PY) scripts/generate_protos.py --check
+
+format:
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+	$(BUF) format -w
+
+protos:
+	$(PY) scripts/generate_protos.py
+
+breaking:
+	./scripts/buf_breaking.sh $(BASE)
+
+# The README's test command: installs what it needs, then every test.
+test:
+	./scripts/test.sh
+
+# Skips the tests that run Meta's sam3 code (marker `sam3`): seconds instead of minutes.
+test-fast:
+	$(PY) -m pytest -m "not sam3" -q
