@@ -103,8 +103,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                    "preset": args.preset, "device": args.device}
+    report: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "preset": args.preset,
+        "device": args.device,
+    }
     started = time.perf_counter()
     engine = Sam3Engine(preset=args.preset, device=args.device, checkpoint=args.checkpoint)
     engine.load()

@@ -31,14 +31,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, os.path.dirname(__file__))
 from common import machine  # noqa: E402
 
-from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as seg_pb  # noqa: E402
+from sam3_grpc.v1 import common_pb2, status_service_pb2, status_service_pb2_grpc  # noqa: E402  # noqa: E402
+from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc  # noqa: E402
-from sam3_grpc.v1 import status_service_pb2, status_service_pb2_grpc  # noqa: E402
 from sam3_grpc.v1 import video_service_pb2 as vid_pb  # noqa: E402
 from sam3_grpc.v1 import video_service_pb2_grpc as vid_grpc  # noqa: E402
 
-PHRASES = ["a red box", "a blue ball", "a car", "a person", "a dog", "a cat", "a tree",
-           "a chair", "a bottle", "a cup", "a laptop", "a phone", "a book", "a bird"]
+PHRASES = [
+    "a red box",
+    "a blue ball",
+    "a car",
+    "a person",
+    "a dog",
+    "a cat",
+    "a tree",
+    "a chair",
+    "a bottle",
+    "a cup",
+    "a laptop",
+    "a phone",
+    "a book",
+    "a bird",
+]
 
 
 def scene(seed: int, width: int = 1008, height: int = 756) -> np.ndarray:
@@ -56,8 +70,18 @@ def jpeg(image: np.ndarray) -> bytes:
 
 
 def start(args) -> tuple[subprocess.Popen, str, float]:
-    command = [sys.executable, "-m", "sam3_grpc.cli", "serve", "--port", str(args.port),
-               "--device", args.device, "--log-level", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "sam3_grpc.cli",
+        "serve",
+        "--port",
+        str(args.port),
+        "--device",
+        args.device,
+        "--log-level",
+        "WARNING",
+    ]
     command += ["--checkpoint", args.checkpoint] if args.checkpoint else ["--model", "sam3-tiny"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
@@ -80,9 +104,12 @@ def start(args) -> tuple[subprocess.Popen, str, float]:
 
 def segment(stub, data: bytes, text: str) -> float:
     started = time.perf_counter()
-    stub.SegmentImage(seg_pb.SegmentImageRequest(
-        image=common_pb2.Image(content=data), prompts=[common_pb2.Prompt(text=text)]),
-        timeout=600)
+    stub.SegmentImage(
+        seg_pb.SegmentImageRequest(
+            image=common_pb2.Image(content=data), prompts=[common_pb2.Prompt(text=text)]
+        ),
+        timeout=600,
+    )
     return time.perf_counter() - started
 
 
@@ -101,16 +128,25 @@ def propagate(channel, frames: int, directory: str) -> float:
     data = open(path, "rb").read()
 
     def requests():
-        yield vid_pb.UploadVideoRequest(metadata=vid_pb.UploadVideoMetadata(
-            filename="clip.avi", size_bytes=len(data)))
+        yield vid_pb.UploadVideoRequest(
+            metadata=vid_pb.UploadVideoMetadata(filename="clip.avi", size_bytes=len(data))
+        )
         yield vid_pb.UploadVideoRequest(chunk=data)
 
     session = stub.UploadVideo(requests(), timeout=600).session
-    stub.AddPrompt(vid_pb.AddPromptRequest(session_id=session.session_id, frame_index=0,
-                                           prompt=common_pb2.Prompt(text="a ball")), timeout=600)
+    stub.AddPrompt(
+        vid_pb.AddPromptRequest(
+            session_id=session.session_id, frame_index=0, prompt=common_pb2.Prompt(text="a ball")
+        ),
+        timeout=600,
+    )
     started = time.perf_counter()
-    count = sum(1 for _ in stub.Propagate(vid_pb.PropagateRequest(
-        session_id=session.session_id), timeout=3600))
+    count = sum(
+        1
+        for _ in stub.Propagate(
+            vid_pb.PropagateRequest(session_id=session.session_id), timeout=3600
+        )
+    )
     elapsed = time.perf_counter() - started
     stub.CloseSession(vid_pb.CloseSessionRequest(session_id=session.session_id))
     assert count == frames
@@ -127,18 +163,24 @@ def main() -> None:
     args = parser.parse_args()
     process, target, cold_s = start(args)
     try:
-        with grpc.insecure_channel(target, options=[
-                ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        with grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel:
             status = status_service_pb2_grpc.StatusServiceStub(channel).GetServerStatus(
-                status_service_pb2.GetServerStatusRequest())
+                status_service_pb2.GetServerStatusRequest()
+            )
             stub = seg_grpc.SegmentationServiceStub(channel)
             segment(stub, jpeg(scene(0)), "warm")
-            uncached = [segment(stub, jpeg(scene(i + 1)), PHRASES[i % len(PHRASES)])
-                        for i in range(args.repeat)]
+            uncached = [
+                segment(stub, jpeg(scene(i + 1)), PHRASES[i % len(PHRASES)])
+                for i in range(args.repeat)
+            ]
             data = jpeg(scene(99))
             segment(stub, data, "first look")
-            cached = [segment(stub, data, PHRASES[i % len(PHRASES)] + " again")
-                      for i in range(args.repeat)]
+            cached = [
+                segment(stub, data, PHRASES[i % len(PHRASES)] + " again")
+                for i in range(args.repeat)
+            ]
             with tempfile.TemporaryDirectory() as directory:
                 per_frame = propagate(channel, args.frames, directory)
     finally:
@@ -146,18 +188,26 @@ def main() -> None:
         process.wait(60)
     u, c = statistics.median(uncached) * 1000, statistics.median(cached) * 1000
     print(f"machine: {machine()}")
-    print(f"model: {status.model_name} ({status_service_pb2.ModelKind.Name(status.model_kind)}) "
-          f"on {status.device}; weights: {status.weights_source}")
+    print(
+        f"model: {status.model_name} ({status_service_pb2.ModelKind.Name(status.model_kind)}) "
+        f"on {status.device}; weights: {status.weights_source}"
+    )
     print("| measurement | value |")
     print("|---|---|")
-    print(f"| cold start to SERVING | {cold_s:.1f} s (load {status.load_duration.ToTimedelta().total_seconds():.1f} s, "
-          f"warm-up {status.warmup_duration.ToTimedelta().total_seconds():.2f} s) |")
-    print(f"| SegmentImage 1008x756 JPEG, 1 text prompt, uncached (median of {args.repeat}) "
-          f"| {u:.0f} ms |")
+    print(
+        f"| cold start to SERVING | {cold_s:.1f} s (load {status.load_duration.ToTimedelta().total_seconds():.1f} s, "
+        f"warm-up {status.warmup_duration.ToTimedelta().total_seconds():.2f} s) |"
+    )
+    print(
+        f"| SegmentImage 1008x756 JPEG, 1 text prompt, uncached (median of {args.repeat}) "
+        f"| {u:.0f} ms |"
+    )
     print(f"| SegmentImage, same image, new text, cached encoding | {c:.0f} ms |")
     print(f"| cache speed-up | {u / c:.1f}x |")
-    print(f"| Propagate, 640x480, {args.frames} frames, 1 text prompt | {per_frame * 1000:.0f} ms "
-          "per frame |")
+    print(
+        f"| Propagate, 640x480, {args.frames} frames, 1 text prompt | {per_frame * 1000:.0f} ms "
+        "per frame |"
+    )
     print("| reference: SAM 3 paper, H200, 100+ objects | 30 ms per image |")
 
 

@@ -28,18 +28,19 @@ from sam3_grpc.engines.synthetic import SyntheticEngine  # noqa: E402
 from sam3_grpc.media.images import decode_image  # noqa: E402
 from sam3_grpc.server import convert  # noqa: E402
 from sam3_grpc.types import Prompt  # noqa: E402
-from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as pb  # noqa: E402
+from sam3_grpc.v1 import common_pb2  # noqa: E402
+from sam3_grpc.v1 import segmentation_service_pb2 as pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc  # noqa: E402
 
 
 def in_process(engine, data: bytes, settings: Settings) -> pb.SegmentImageResponse:
-    image = decode_image(data, max_bytes=settings.max_image_bytes,
-                         max_pixels=settings.max_image_pixels)
+    image = decode_image(
+        data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    )
     results = engine.predict(engine.encode_image(image), [Prompt(text="red")])
     spec = convert.OutputSpec(score_threshold=0.5)
     response = pb.SegmentImageResponse(width=image.shape[1], height=image.shape[0])
-    response.results.add(prompt_index=0,
-                         detections=convert.render_detections(results[0], spec))
+    response.results.add(prompt_index=0, detections=convert.render_detections(results[0], spec))
     return response
 
 
@@ -61,8 +62,9 @@ def main() -> None:
     assert len(reference.results[0].detections) == 5
 
     server, target = serve_subprocess("--model", "synthetic", "--cache-size", "0")
-    request = pb.SegmentImageRequest(image=common_pb2.Image(content=data),
-                                     prompts=[common_pb2.Prompt(text="red")])
+    request = pb.SegmentImageRequest(
+        image=common_pb2.Image(content=data), prompts=[common_pb2.Prompt(text="red")]
+    )
     local, remote, bare, remote_warm, bare_warm = [], [], [], [], []
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.SegmentationServiceStub(channel)
@@ -84,8 +86,10 @@ def main() -> None:
                 bare.append(t3 - t2)
         assert reply.results == reference.results
         # Back to back: a client sending one request after another (warm threads).
-        for samples, call in ((remote_warm, lambda: stub.SegmentImage(request, timeout=30)),
-                              (bare_warm, lambda: health.Check(ping, timeout=30))):
+        for samples, call in (
+            (remote_warm, lambda: stub.SegmentImage(request, timeout=30)),
+            (bare_warm, lambda: health.Check(ping, timeout=30)),
+        ):
             for i in range(args.warmup + args.iterations):
                 started = time.perf_counter()
                 call()
@@ -116,17 +120,23 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"machine: {result['machine']}")
-    print(f"{result['image']}, {args.iterations} calls each, synthetic engine, cache off, "
-          "server in its own process")
+    print(
+        f"{result['image']}, {args.iterations} calls each, synthetic engine, cache off, "
+        "server in its own process"
+    )
     print("| path | median ms | p90 ms | p99 ms |")
     print("|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name.replace('_', ' ')} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | "
-              f"{row['p99_ms']:.2f} |")
-    print(f"server overhead over in-process (medians, alternating): {overhead:.2f} ms, "
-          f"ratio {result['ratio_median']:.2f}x; of which a bare gRPC round trip is "
-          f"{rows['bare_grpc_alternating']['median_ms']:.2f} ms, leaving {beyond_bare:.2f} ms "
-          "for the service itself")
+        print(
+            f"| {name.replace('_', ' ')} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} |"
+        )
+    print(
+        f"server overhead over in-process (medians, alternating): {overhead:.2f} ms, "
+        f"ratio {result['ratio_median']:.2f}x; of which a bare gRPC round trip is "
+        f"{rows['bare_grpc_alternating']['median_ms']:.2f} ms, leaving {beyond_bare:.2f} ms "
+        "for the service itself"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ import psutil
 sys.path.insert(0, os.path.dirname(__file__))
 from common import discs_scene, jpeg, machine, serve_subprocess  # noqa: E402
 
-from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as seg_pb  # noqa: E402
+from sam3_grpc.v1 import common_pb2  # noqa: E402
+from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc  # noqa: E402
 from sam3_grpc.v1 import video_service_pb2 as pb  # noqa: E402
 from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -74,8 +75,11 @@ def bench_upload(target: str, pid: int, path: str) -> dict:
             sha.update(block)
 
     def requests():
-        yield pb.UploadVideoRequest(metadata=pb.UploadVideoMetadata(
-            filename=os.path.basename(path), size_bytes=size, sha256=sha.hexdigest()))
+        yield pb.UploadVideoRequest(
+            metadata=pb.UploadVideoMetadata(
+                filename=os.path.basename(path), size_bytes=size, sha256=sha.hexdigest()
+            )
+        )
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(MiB), b""):
                 yield pb.UploadVideoRequest(chunk=block)
@@ -105,18 +109,29 @@ def bench_upload(target: str, pid: int, path: str) -> dict:
         elapsed = time.perf_counter() - started
     done.set()
     sampler.join()
-    return {"bytes": size, "seconds": elapsed, "mb_per_s": size / MiB / elapsed,
-            "rss_growth_mb": (peak[0] - baseline) / MiB, "outcome": outcome}
+    return {
+        "bytes": size,
+        "seconds": elapsed,
+        "mb_per_s": size / MiB / elapsed,
+        "rss_growth_mb": (peak[0] - baseline) / MiB,
+        "outcome": outcome,
+    }
 
 
 def bench_propagate(target: str, video_name: str, frames: int) -> dict:
-    with grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", 64 * MiB)]) as channel:
+    with grpc.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 64 * MiB)]
+    ) as channel:
         stub = pb_grpc.VideoServiceStub(channel)
         session = stub.StartSession(pb.StartSessionRequest(video_path=video_name)).session
         for colour in ("red", "green", "blue", "yellow", "magenta"):
-            stub.AddPrompt(pb.AddPromptRequest(session_id=session.session_id, frame_index=0,
-                                               prompt=common_pb2.Prompt(text=colour)))
+            stub.AddPrompt(
+                pb.AddPromptRequest(
+                    session_id=session.session_id,
+                    frame_index=0,
+                    prompt=common_pb2.Prompt(text=colour),
+                )
+            )
         started = time.perf_counter()
         count = objects = 0
         for reply in stub.Propagate(pb.PropagateRequest(session_id=session.session_id)):
@@ -150,8 +165,9 @@ def engine_rate(path: str, frames: int) -> float:
 
 
 def bench_interleaving(target: str, video_name: str, iterations: int) -> dict:
-    request = seg_pb.SegmentImageRequest(image=common_pb2.Image(content=jpeg(discs_scene())),
-                                         prompts=[common_pb2.Prompt(text="red")])
+    request = seg_pb.SegmentImageRequest(
+        image=common_pb2.Image(content=jpeg(discs_scene())), prompts=[common_pb2.Prompt(text="red")]
+    )
 
     def latencies(stub) -> list[float]:
         samples = []
@@ -171,8 +187,11 @@ def bench_interleaving(target: str, video_name: str, iterations: int) -> dict:
             with grpc.insecure_channel(target) as own:
                 stub = pb_grpc.VideoServiceStub(own)
                 session = stub.StartSession(pb.StartSessionRequest(video_path=video_name)).session
-                stub.AddPrompt(pb.AddPromptRequest(session_id=session.session_id,
-                                                   prompt=common_pb2.Prompt(text="red")))
+                stub.AddPrompt(
+                    pb.AddPromptRequest(
+                        session_id=session.session_id, prompt=common_pb2.Prompt(text="red")
+                    )
+                )
                 while not stop.is_set():
                     for _ in stub.Propagate(pb.PropagateRequest(session_id=session.session_id)):
                         if stop.is_set():
@@ -199,8 +218,16 @@ def main() -> None:
         print(f"machine: {machine()}")
         noise = noise_video(os.path.join(media, "noise.avi"), args.upload_mb * MiB)
         discs_video(os.path.join(media, "discs.mp4"), args.frames)
-        process, target = serve_subprocess("--model", "synthetic", "--media-root", media,
-                                           "--max-frames", "100000", "--max-upload-bytes", "4G")
+        process, target = serve_subprocess(
+            "--model",
+            "synthetic",
+            "--media-root",
+            media,
+            "--max-frames",
+            "100000",
+            "--max-upload-bytes",
+            "4G",
+        )
         try:
             raw = os.path.join(media, "random.bin")
             with open(raw, "wb") as handle:
@@ -208,23 +235,31 @@ def main() -> None:
                     handle.write(os.urandom(MiB))
             os.sync()  # the generated files' write-back must not compete with the uploads
             bench_upload(target, process.pid, raw)  # warm-up: the first upload sizes grpc's buffers
-            for label, path in (("transfer only (random bytes, refused by the probe)", raw),
-                                ("end to end (lossless AVI: transfer, probe, session)", noise)):
+            for label, path in (
+                ("transfer only (random bytes, refused by the probe)", raw),
+                ("end to end (lossless AVI: transfer, probe, session)", noise),
+            ):
                 runs = [bench_upload(target, process.pid, path) for _ in range(3)]
                 rates = sorted(r["mb_per_s"] for r in runs)
                 growth = max(r["rss_growth_mb"] for r in runs)
-                print(f"upload, {label}: {runs[0]['bytes'] / MiB:.0f} MiB, 3 runs: median "
-                      f"{rates[1]:.0f} MiB/s (min {rates[0]:.0f}, max {rates[2]:.0f}); server RSS "
-                      f"growth at most {growth:.1f} MiB; {runs[0]['outcome']}")
+                print(
+                    f"upload, {label}: {runs[0]['bytes'] / MiB:.0f} MiB, 3 runs: median "
+                    f"{rates[1]:.0f} MiB/s (min {rates[0]:.0f}, max {rates[2]:.0f}); server RSS "
+                    f"growth at most {growth:.1f} MiB; {runs[0]['outcome']}"
+                )
             for _ in range(3):
                 rate = bench_propagate(target, "discs.mp4", args.frames)
                 ceiling = engine_rate(os.path.join(media, "discs.mp4"), args.frames)
-                print(f"propagate: 1280x720, 5 objects, RLE: {rate['frames']} frames in "
-                      f"{rate['seconds']:.2f} s = {rate['frames_per_s']:.0f} frames/s through "
-                      f"the service; the engine alone: {ceiling:.0f} frames/s")
+                print(
+                    f"propagate: 1280x720, 5 objects, RLE: {rate['frames']} frames in "
+                    f"{rate['seconds']:.2f} s = {rate['frames_per_s']:.0f} frames/s through "
+                    f"the service; the engine alone: {ceiling:.0f} frames/s"
+                )
             mix = bench_interleaving(target, "discs.mp4", args.iterations)
-            print(f"SegmentImage median: idle {mix['idle_median_ms']:.2f} ms, during "
-                  f"propagation {mix['busy_median_ms']:.2f} ms (ratio {mix['ratio']:.2f})")
+            print(
+                f"SegmentImage median: idle {mix['idle_median_ms']:.2f} ms, during "
+                f"propagation {mix['busy_median_ms']:.2f} ms (ratio {mix['ratio']:.2f})"
+            )
         finally:
             process.terminate()
             process.wait(30)

@@ -18,14 +18,18 @@ from sam3_grpc.config import Settings
 from sam3_grpc.server.app import create_server
 
 
-def serve_subprocess(*args: str, env: dict[str, str] | None = None,
-                     on_line=None) -> tuple[subprocess.Popen, str]:
+def serve_subprocess(
+    *args: str, env: dict[str, str] | None = None, on_line=None
+) -> tuple[subprocess.Popen, str]:
     """Starts `sam3-grpc serve --port 0 ARGS` in its own process (as deployed: no GIL shared
     with the client); returns the process and its target once health is SERVING. Every line the
     server logs goes to `on_line` if given (the pipe is drained either way)."""
-    process = subprocess.Popen([sys.executable, "-m", "sam3_grpc.cli", "serve", "--port", "0",
-                                *args], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     port = None
     for line in process.stderr:
         if on_line is not None:

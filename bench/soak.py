@@ -72,9 +72,18 @@ class OwnServer:
         self._log = open(self.log_path, "w")
         try:
             self.process, self.target = serve_subprocess(
-                "--model", "synthetic", "--synthetic-latency-ms", str(latency_ms), "--grace", "5",
-                "--upload-dir", self.upload_dir, "--queue-size", str(queue_size),
-                on_line=self._log.write)
+                "--model",
+                "synthetic",
+                "--synthetic-latency-ms",
+                str(latency_ms),
+                "--grace",
+                "5",
+                "--upload-dir",
+                self.upload_dir,
+                "--queue-size",
+                str(queue_size),
+                on_line=self._log.write,
+            )
         except RuntimeError:
             raise SystemExit("the server did not start; see " + self.log_path) from None
 
@@ -91,16 +100,22 @@ class OwnServer:
 
     def log_errors(self) -> int:
         with open(self.log_path) as handle:
-            return sum(1 for line in handle if " ERROR " in line or " CRITICAL " in line
-                       or line.startswith("Traceback"))
+            return sum(
+                1
+                for line in handle
+                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
+            )
 
 
 def server_resources(pid: int | None) -> dict:
     if pid is None:
         return {}
     process = psutil.Process(pid)
-    return {"rss_mb": process.memory_info().rss / MiB, "fds": process.num_fds(),
-            "threads": process.num_threads()}
+    return {
+        "rss_mb": process.memory_info().rss / MiB,
+        "fds": process.num_fds(),
+        "threads": process.num_threads(),
+    }
 
 
 def leftover_uploads(upload_dir: str | None) -> int | None:
@@ -166,8 +181,9 @@ def disc_video(path: str, frames: int = 40, width: int = 160, height: int = 120)
 
 
 class Worker(threading.Thread):
-    def __init__(self, index: int, args, record: Record, images, video: bytes,
-                 stop: threading.Event) -> None:
+    def __init__(
+        self, index: int, args, record: Record, images, video: bytes, stop: threading.Event
+    ) -> None:
         super().__init__(name=f"soak-{index}", daemon=True)
         self.args = args
         self.record = record
@@ -176,8 +192,9 @@ class Worker(threading.Thread):
         self.stop_event = stop
         self.rng = random.Random(args.seed * 1000 + index)
         self.sessions: list[list] = []  # [session_id, prompted]
-        self.channel = grpc.insecure_channel(args.target, options=[
-            ("grpc.max_receive_message_length", 64 * MiB)])
+        self.channel = grpc.insecure_channel(
+            args.target, options=[("grpc.max_receive_message_length", 64 * MiB)]
+        )
         self.seg = seg_grpc.SegmentationServiceStub(self.channel)
         self.video_stub = pb_grpc.VideoServiceStub(self.channel)
         self.status = status_grpc.StatusServiceStub(self.channel)
@@ -201,22 +218,35 @@ class Worker(threading.Thread):
 
     # ----- operations ------------------------------------------------------------------------
     def _segment_request(self) -> seg_pb.SegmentImageRequest:
-        encoding = self.rng.choice([common_pb2.MASK_ENCODING_RLE, common_pb2.MASK_ENCODING_PNG,
-                                    common_pb2.MASK_ENCODING_NONE])
+        encoding = self.rng.choice(
+            [
+                common_pb2.MASK_ENCODING_RLE,
+                common_pb2.MASK_ENCODING_PNG,
+                common_pb2.MASK_ENCODING_NONE,
+            ]
+        )
         return seg_pb.SegmentImageRequest(
             image=common_pb2.Image(content=self.rng.choice(self.images)),
             prompts=[common_pb2.Prompt(text="red")],
-            output=common_pb2.OutputOptions(mask_encoding=encoding,
-                                            include_polygons=self.rng.random() < 0.3))
+            output=common_pb2.OutputOptions(
+                mask_encoding=encoding, include_polygons=self.rng.random() < 0.3
+            ),
+        )
 
     def op_segment(self) -> None:
-        timed_unary(self.record, "SegmentImage", self.seg.SegmentImage, self._segment_request(),
-                    timeout=self.args.call_timeout)
+        timed_unary(
+            self.record,
+            "SegmentImage",
+            self.seg.SegmentImage,
+            self._segment_request(),
+            timeout=self.args.call_timeout,
+        )
 
     def op_segment_cancel(self) -> None:
         started = time.perf_counter()
-        future = self.seg.SegmentImage.future(self._segment_request(),
-                                              timeout=self.args.call_timeout)
+        future = self.seg.SegmentImage.future(
+            self._segment_request(), timeout=self.args.call_timeout
+        )
         time.sleep(self.rng.uniform(0, 0.03))
         future.cancel()
         method = "SegmentImage (cancelled)"
@@ -228,20 +258,27 @@ class Worker(threading.Thread):
         except grpc.FutureTimeoutError:
             self.record.lose(method, "no status after cancel")
         except grpc.RpcError as error:
-            self.record.add(method, error.code().name if error.code() else "LOST",
-                            time.perf_counter() - started)
+            self.record.add(
+                method, error.code().name if error.code() else "LOST", time.perf_counter() - started
+            )
 
     def _upload_messages(self):
-        yield pb.UploadVideoRequest(metadata=pb.UploadVideoMetadata(
-            filename="soak.avi", size_bytes=len(self.video)))
+        yield pb.UploadVideoRequest(
+            metadata=pb.UploadVideoMetadata(filename="soak.avi", size_bytes=len(self.video))
+        )
         for offset in range(0, len(self.video), 64 * 1024):
-            yield pb.UploadVideoRequest(chunk=self.video[offset:offset + 64 * 1024])
+            yield pb.UploadVideoRequest(chunk=self.video[offset : offset + 64 * 1024])
 
     def op_upload(self) -> None:
         if len(self.sessions) >= SESSIONS_PER_WORKER:
             self._close(self.sessions.pop(0)[0])
-        reply = timed_unary(self.record, "UploadVideo", self.video_stub.UploadVideo,
-                            self._upload_messages(), timeout=self.args.call_timeout)
+        reply = timed_unary(
+            self.record,
+            "UploadVideo",
+            self.video_stub.UploadVideo,
+            self._upload_messages(),
+            timeout=self.args.call_timeout,
+        )
         if reply is not None:
             self.sessions.append([reply.session.session_id, False])
 
@@ -258,15 +295,21 @@ class Worker(threading.Thread):
         session = self._session()
         if session is None:
             return
-        prompt = self.rng.choice([
-            common_pb2.Prompt(text=self.rng.choice(["red", "blue"])),
-            common_pb2.Prompt(points=[common_pb2.LabeledPoint(
-                point=common_pb2.Point(x=20, y=60))]),
-        ])
-        reply = timed_unary(self.record, "AddPrompt", self.video_stub.AddPrompt,
-                            pb.AddPromptRequest(session_id=session[0], frame_index=0,
-                                                prompt=prompt),
-                            timeout=self.args.call_timeout)
+        prompt = self.rng.choice(
+            [
+                common_pb2.Prompt(text=self.rng.choice(["red", "blue"])),
+                common_pb2.Prompt(
+                    points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=20, y=60))]
+                ),
+            ]
+        )
+        reply = timed_unary(
+            self.record,
+            "AddPrompt",
+            self.video_stub.AddPrompt,
+            pb.AddPromptRequest(session_id=session[0], frame_index=0, prompt=prompt),
+            timeout=self.args.call_timeout,
+        )
         if reply is not None:
             session[1] = True
 
@@ -276,8 +319,9 @@ class Worker(threading.Thread):
             return
         method = "Propagate" if cancel_after is None else "Propagate (cancelled)"
         started = time.perf_counter()
-        stream = self.video_stub.Propagate(pb.PropagateRequest(session_id=session[0]),
-                                           timeout=self.args.call_timeout)
+        stream = self.video_stub.Propagate(
+            pb.PropagateRequest(session_id=session[0]), timeout=self.args.call_timeout
+        )
         frames = 0
         try:
             for _ in stream:
@@ -302,20 +346,35 @@ class Worker(threading.Thread):
         self._propagate(self.rng.randint(1, 10))
 
     def _close(self, session_id: str) -> None:
-        timed_unary(self.record, "CloseSession", self.video_stub.CloseSession,
-                    pb.CloseSessionRequest(session_id=session_id), timeout=self.args.call_timeout)
+        timed_unary(
+            self.record,
+            "CloseSession",
+            self.video_stub.CloseSession,
+            pb.CloseSessionRequest(session_id=session_id),
+            timeout=self.args.call_timeout,
+        )
 
     def op_close(self) -> None:
         if self.sessions:
             self._close(self.sessions.pop(self.rng.randrange(len(self.sessions)))[0])
 
     def op_status(self) -> None:
-        timed_unary(self.record, "GetServerStatus", self.status.GetServerStatus,
-                    status_service_pb2.GetServerStatusRequest(), timeout=self.args.call_timeout)
+        timed_unary(
+            self.record,
+            "GetServerStatus",
+            self.status.GetServerStatus,
+            status_service_pb2.GetServerStatusRequest(),
+            timeout=self.args.call_timeout,
+        )
 
     def op_list(self) -> None:
-        timed_unary(self.record, "ListSessions", self.video_stub.ListSessions,
-                    pb.ListSessionsRequest(), timeout=self.args.call_timeout)
+        timed_unary(
+            self.record,
+            "ListSessions",
+            self.video_stub.ListSessions,
+            pb.ListSessionsRequest(),
+            timeout=self.args.call_timeout,
+        )
 
 
 def probe_health(target: str, stop: threading.Event, results: collections.Counter) -> None:
@@ -346,12 +405,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000
 
 
-def report(args, record: Record, elapsed: float, start: dict, end: dict, peak: float,
-           leftovers, health: collections.Counter, exit_code, log_errors) -> str:
+def report(
+    args,
+    record: Record,
+    elapsed: float,
+    start: dict,
+    end: dict,
+    peak: float,
+    leftovers,
+    health: collections.Counter,
+    exit_code,
+    log_errors,
+) -> str:
     methods = sorted({m for m, _ in record.codes})
     codes = sorted({c for _, c in record.codes}, key=lambda c: (c != "OK", c))
-    against = (f"own synthetic server ({args.synthetic_latency_ms:g} ms/step)" if args.own
-               else args.target)
+    against = (
+        f"own synthetic server ({args.synthetic_latency_ms:g} ms/step)" if args.own else args.target
+    )
     lines = [
         f"### Soak: {elapsed:.0f} s, {args.threads} client threads, {against}",
         "",
@@ -365,14 +435,19 @@ def report(args, record: Record, elapsed: float, start: dict, end: dict, peak: f
         count = sum(record.codes[(method, c)] for c in codes)
         total += count
         ok = record.latencies.get(method, [])
-        stats = ([f"{percentile(ok, q):.1f}" for q in (0.5, 0.9, 0.99)] if ok
-                 else ["–", "–", "–"])
-        lines.append(f"| {method} | {count} | "
-                     + " | ".join(str(record.codes[(method, c)]) for c in codes)
-                     + " | " + " | ".join(stats) + " |")
-    lines.append(f"| **all** | **{total}** | "
-                 + " | ".join(str(sum(record.codes[(m, c)] for m in methods)) for c in codes)
-                 + " | | | |")
+        stats = [f"{percentile(ok, q):.1f}" for q in (0.5, 0.9, 0.99)] if ok else ["–", "–", "–"]
+        lines.append(
+            f"| {method} | {count} | "
+            + " | ".join(str(record.codes[(method, c)]) for c in codes)
+            + " | "
+            + " | ".join(stats)
+            + " |"
+        )
+    lines.append(
+        f"| **all** | **{total}** | "
+        + " | ".join(str(sum(record.codes[(m, c)] for m in methods)) for c in codes)
+        + " | | | |"
+    )
     lines += [
         "",
         f"{total / elapsed:.1f} requests/s; {record.frames} propagated frames streamed.",
@@ -397,7 +472,8 @@ def report(args, record: Record, elapsed: float, start: dict, end: dict, peak: f
         f"| leftover upload files after closing every session | "
         f"{'n/a' if leftovers[0] is None else leftovers[0]} |",
         "| health probes (1 s deadline, every 1 s) | "
-        + ", ".join(f"{k} {v}" for k, v in sorted(health.items())) + " |",
+        + ", ".join(f"{k} {v}" for k, v in sorted(health.items()))
+        + " |",
     ]
     if args.own:
         lines += [
@@ -427,8 +503,11 @@ def main() -> int:
     server = None
     if args.own:
         server = OwnServer(args.synthetic_latency_ms, workdir, args.queue_size)
-        args.target, args.server_pid, args.upload_dir = (server.target, server.process.pid,
-                                                         server.upload_dir)
+        args.target, args.server_pid, args.upload_dir = (
+            server.target,
+            server.process.pid,
+            server.upload_dir,
+        )
     images = [jpeg(discs_scene(320, 240, count=3, seed=s)) for s in range(12)]
     with open(disc_video(os.path.join(workdir, "soak.avi")), "rb") as handle:
         video = handle.read()
@@ -447,10 +526,10 @@ def main() -> int:
     time.sleep(1.0)
     start = server_resources(args.server_pid)
     peak = [start.get("rss_mb", 0.0)]
-    helpers = [threading.Thread(target=probe_health, args=(args.target, stop, health),
-                                daemon=True),
-               threading.Thread(target=sample_peak, args=(args.server_pid, stop, peak),
-                                daemon=True)]
+    helpers = [
+        threading.Thread(target=probe_health, args=(args.target, stop, health), daemon=True),
+        threading.Thread(target=sample_peak, args=(args.server_pid, stop, peak), daemon=True),
+    ]
     workers = [Worker(i, args, record, images, video, stop) for i in range(args.threads)]
     began = time.monotonic()
     for thread in helpers + workers:
@@ -478,8 +557,9 @@ def main() -> int:
         exit_code = server.stop()
         leftovers[1] = leftover_uploads(server.upload_dir)
         log_errors = server.log_errors()
-    text = report(args, record, elapsed, start, end, peak[0], leftovers, health, exit_code,
-                  log_errors)
+    text = report(
+        args, record, elapsed, start, end, peak[0], leftovers, health, exit_code, log_errors
+    )
     print(text)
     if args.output:
         with open(args.output, "w") as handle:

@@ -18,10 +18,12 @@ def _add_serve(subparsers) -> None:
     from sam3_grpc.config import add_serve_arguments
 
     parser = subparsers.add_parser(
-        "serve", help="run the gRPC server",
+        "serve",
+        help="run the gRPC server",
         description="Run the sam3-grpc server. Every flag can also be set with the environment "
-                    "variable shown in its help.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "variable shown in its help.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_serve_arguments(parser)
     parser.set_defaults(handler=_serve)
 
@@ -50,7 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sam3-grpc", description="gRPC service for Meta's SAM 3 segmentation and tracking.")
+        prog="sam3-grpc", description="gRPC service for Meta's SAM 3 segmentation and tracking."
+    )
     parser.add_argument("--version", action="version", version=f"sam3-grpc {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_serve(subparsers)

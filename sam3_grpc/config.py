@@ -116,81 +116,178 @@ def _size(text: str) -> int:
 _FLAGS: tuple[_Flag, ...] = (
     _Flag("host", "Address to bind. Loopback by default; use 0.0.0.0 to serve other hosts."),
     _Flag("port", "Port to bind; 0 picks a free port (printed at start).", int),
-    _Flag("max_receive_message_bytes", "Largest request message accepted (e.g. 64M).", _size,
-          metavar="BYTES"),
-    _Flag("max_send_message_bytes", "Largest response message sent (e.g. 64M).", _size,
-          metavar="BYTES"),
+    _Flag(
+        "max_receive_message_bytes",
+        "Largest request message accepted (e.g. 64M).",
+        _size,
+        metavar="BYTES",
+    ),
+    _Flag(
+        "max_send_message_bytes",
+        "Largest response message sent (e.g. 64M).",
+        _size,
+        metavar="BYTES",
+    ),
     _Flag("reflection", "Serve gRPC server reflection (for grpcurl).", _bool, metavar="BOOL"),
-    _Flag("grace_s", "Seconds running calls get to finish on SIGTERM/SIGINT.", float,
-          metavar="SECONDS"),
-    _Flag("model", "Model to serve. sam3 needs real weights; sam3-tiny has random weights "
-          "(its masks are meaningless; for tests); synthetic segments by colour (load tests).",
-          choices=MODELS),
+    _Flag(
+        "grace_s",
+        "Seconds running calls get to finish on SIGTERM/SIGINT.",
+        float,
+        metavar="SECONDS",
+    ),
+    _Flag(
+        "model",
+        "Model to serve. sam3 needs real weights; sam3-tiny has random weights "
+        "(its masks are meaningless; for tests); synthetic segments by colour (load tests).",
+        choices=MODELS,
+    ),
     _Flag("device", "auto (CUDA when available), cpu, cuda or cuda:N."),
-    _Flag("checkpoint", "Path to the SAM 3 checkpoint (sam3.pt). Default: the Hugging Face "
-          "cache of facebook/sam3, if present.", metavar="PATH"),
-    _Flag("bpe_path", "Path to the CLIP BPE vocabulary; default: the copy in open_clip_torch.",
-          metavar="PATH"),
-    _Flag("compile", "torch.compile the model on CUDA (slower start, faster steady state).",
-          _bool, metavar="BOOL"),
-    _Flag("synthetic_latency_ms", "Artificial device time per step of the synthetic engine.",
-          float, metavar="MS"),
-    _Flag("queue_size", "Jobs that may wait for the device; more are rejected with "
-          "RESOURCE_EXHAUSTED.", int),
+    _Flag(
+        "checkpoint",
+        "Path to the SAM 3 checkpoint (sam3.pt). Default: the Hugging Face "
+        "cache of facebook/sam3, if present.",
+        metavar="PATH",
+    ),
+    _Flag(
+        "bpe_path",
+        "Path to the CLIP BPE vocabulary; default: the copy in open_clip_torch.",
+        metavar="PATH",
+    ),
+    _Flag(
+        "compile",
+        "torch.compile the model on CUDA (slower start, faster steady state).",
+        _bool,
+        metavar="BOOL",
+    ),
+    _Flag(
+        "synthetic_latency_ms",
+        "Artificial device time per step of the synthetic engine.",
+        float,
+        metavar="MS",
+    ),
+    _Flag(
+        "queue_size",
+        "Jobs that may wait for the device; more are rejected with RESOURCE_EXHAUSTED.",
+        int,
+    ),
     _Flag("cpu_workers", "Threads for CPU-side work (image decode, mask encoding).", int),
-    _Flag("opencv_threads", "Threads OpenCV may use inside one call (video decode, mask "
-          "geometry); the CPU pool already runs calls in parallel.", int),
+    _Flag(
+        "opencv_threads",
+        "Threads OpenCV may use inside one call (video decode, mask "
+        "geometry); the CPU pool already runs calls in parallel.",
+        int,
+    ),
     _Flag("max_image_bytes", "Largest encoded image accepted.", _size, metavar="BYTES"),
-    _Flag("max_image_pixels", "Largest image accepted, in pixels (width x height), checked "
-          "from the header before decoding.", int, metavar="PIXELS"),
+    _Flag(
+        "max_image_pixels",
+        "Largest image accepted, in pixels (width x height), checked "
+        "from the header before decoding.",
+        int,
+        metavar="PIXELS",
+    ),
     _Flag("max_prompts", "Most prompts in one SegmentImage request.", int),
     _Flag("max_detections", "Most detections returned per prompt or frame.", int),
     _Flag("max_text_chars", "Longest text prompt, in characters.", int),
     _Flag("max_geometry_per_prompt", "Most boxes plus points in one prompt.", int),
-    _Flag("media_roots", "Directory whose files clients may name by path (repeatable; env: "
-          f"paths separated by '{os.pathsep}'). None by default: paths are refused.",
-          metavar="DIR", extra={"action": "append"}),
+    _Flag(
+        "media_roots",
+        "Directory whose files clients may name by path (repeatable; env: "
+        f"paths separated by '{os.pathsep}'). None by default: paths are refused.",
+        metavar="DIR",
+        extra={"action": "append"},
+    ),
     _Flag("cache_size", "Image encodings kept in the embedding cache (0 disables it).", int),
-    _Flag("cache_max_bytes", "Most bytes of device memory the embedding cache may hold.", _size,
-          metavar="BYTES"),
-    _Flag("upload_dir", "Where uploaded videos are stored. Default: a private temporary "
-          "directory (mode 0700), emptied at start and at shutdown.", metavar="DIR"),
+    _Flag(
+        "cache_max_bytes",
+        "Most bytes of device memory the embedding cache may hold.",
+        _size,
+        metavar="BYTES",
+    ),
+    _Flag(
+        "upload_dir",
+        "Where uploaded videos are stored. Default: a private temporary "
+        "directory (mode 0700), emptied at start and at shutdown.",
+        metavar="DIR",
+    ),
     _Flag("max_upload_bytes", "Largest video upload.", _size, metavar="BYTES"),
-    _Flag("upload_idle_timeout_s", "An upload with no chunk for this long is cut off.", float,
-          metavar="SECONDS"),
+    _Flag(
+        "upload_idle_timeout_s",
+        "An upload with no chunk for this long is cut off.",
+        float,
+        metavar="SECONDS",
+    ),
     _Flag("max_concurrent_uploads", "Uploads in progress at once.", int),
     _Flag("max_frames", "Most frames in a video.", int),
-    _Flag("max_video_pixels", "Most pixels in one video frame (width x height).", int,
-          metavar="PIXELS"),
+    _Flag(
+        "max_video_pixels",
+        "Most pixels in one video frame (width x height).",
+        int,
+        metavar="PIXELS",
+    ),
     _Flag("max_sessions", "Open video sessions at once.", int),
-    _Flag("session_ttl_s", "Idle seconds after which a session is closed.", float,
-          metavar="SECONDS"),
+    _Flag(
+        "session_ttl_s", "Idle seconds after which a session is closed.", float, metavar="SECONDS"
+    ),
     _Flag("stream_buffer_frames", "Frames computed ahead of a slow Propagate reader.", int),
     _Flag("tls_cert", "PEM certificate chain; with --tls-key, serve TLS.", metavar="PATH"),
     _Flag("tls_key", "PEM private key of --tls-cert.", metavar="PATH"),
-    _Flag("tls_client_ca", "PEM CA bundle; clients must present a certificate it signed "
-          "(mutual TLS).", metavar="PATH"),
-    _Flag("auth_token_file", "File of accepted bearer tokens, one per line ('#' comments). "
-          "Clients send 'authorization: Bearer <token>'.", metavar="PATH"),
-    _Flag("auth_exempt_probes", "Let health checks and reflection through without a token "
-          "(Kubernetes probes send none).", _bool, metavar="BOOL"),
-    _Flag("insecure", "Allow binding a non-loopback address without TLS and without tokens.",
-          _bool, metavar="BOOL"),
+    _Flag(
+        "tls_client_ca",
+        "PEM CA bundle; clients must present a certificate it signed (mutual TLS).",
+        metavar="PATH",
+    ),
+    _Flag(
+        "auth_token_file",
+        "File of accepted bearer tokens, one per line ('#' comments). "
+        "Clients send 'authorization: Bearer <token>'.",
+        metavar="PATH",
+    ),
+    _Flag(
+        "auth_exempt_probes",
+        "Let health checks and reflection through without a token (Kubernetes probes send none).",
+        _bool,
+        metavar="BOOL",
+    ),
+    _Flag(
+        "insecure",
+        "Allow binding a non-loopback address without TLS and without tokens.",
+        _bool,
+        metavar="BOOL",
+    ),
     _Flag("max_concurrent_streams", "HTTP/2 streams one connection may have open at once.", int),
-    _Flag("keepalive_time_s", "Seconds between server keepalive pings on idle connections.",
-          float, metavar="SECONDS"),
-    _Flag("keepalive_timeout_s", "Seconds to wait for a keepalive ping's answer before "
-          "closing the connection.", float, metavar="SECONDS"),
-    _Flag("min_ping_interval_s", "Clients pinging more often than this are disconnected "
-          "(keepalive enforcement).", float, metavar="SECONDS"),
-    _Flag("job_timeout_s", "A device job running longer than this marks the engine wedged: "
-          "health NOT_SERVING, queued calls fail with UNAVAILABLE.", float, metavar="SECONDS"),
-    _Flag("metrics_port", "Serve Prometheus metrics over HTTP on this port (off by default).",
-          int),
+    _Flag(
+        "keepalive_time_s",
+        "Seconds between server keepalive pings on idle connections.",
+        float,
+        metavar="SECONDS",
+    ),
+    _Flag(
+        "keepalive_timeout_s",
+        "Seconds to wait for a keepalive ping's answer before closing the connection.",
+        float,
+        metavar="SECONDS",
+    ),
+    _Flag(
+        "min_ping_interval_s",
+        "Clients pinging more often than this are disconnected (keepalive enforcement).",
+        float,
+        metavar="SECONDS",
+    ),
+    _Flag(
+        "job_timeout_s",
+        "A device job running longer than this marks the engine wedged: "
+        "health NOT_SERVING, queued calls fail with UNAVAILABLE.",
+        float,
+        metavar="SECONDS",
+    ),
+    _Flag("metrics_port", "Serve Prometheus metrics over HTTP on this port (off by default).", int),
     _Flag("metrics_host", "Address of the metrics endpoint; default: the same as --host."),
     _Flag("log_level", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
-    _Flag("log_format", "One line per call and event, as plain text or JSON.",
-          choices=("plain", "json")),
+    _Flag(
+        "log_format",
+        "One line per call and event, as plain text or JSON.",
+        choices=("plain", "json"),
+    ),
 )
 
 
@@ -250,10 +347,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def validate(settings: Settings) -> None:
     """Rejects settings that cannot work, with a message naming the flag."""
     positive = (
-        "queue_size", "cpu_workers", "max_prompts", "max_detections", "max_image_bytes",
-        "max_image_pixels", "max_receive_message_bytes", "max_send_message_bytes",
-        "max_upload_bytes", "max_frames", "max_video_pixels", "max_sessions",
-        "stream_buffer_frames", "max_concurrent_uploads", "max_text_chars", "opencv_threads",
+        "queue_size",
+        "cpu_workers",
+        "max_prompts",
+        "max_detections",
+        "max_image_bytes",
+        "max_image_pixels",
+        "max_receive_message_bytes",
+        "max_send_message_bytes",
+        "max_upload_bytes",
+        "max_frames",
+        "max_video_pixels",
+        "max_sessions",
+        "stream_buffer_frames",
+        "max_concurrent_uploads",
+        "max_text_chars",
+        "opencv_threads",
     )
     for name in positive:
         if getattr(settings, name) <= 0:
@@ -270,12 +379,17 @@ def validate(settings: Settings) -> None:
         raise ValueError("--tls-cert and --tls-key go together")
     if settings.tls_client_ca and not settings.tls_cert:
         raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-    if not (is_loopback(settings.host) or settings.tls_cert or settings.auth_token_file
-            or settings.insecure):
+    if not (
+        is_loopback(settings.host)
+        or settings.tls_cert
+        or settings.auth_token_file
+        or settings.insecure
+    ):
         raise ValueError(
             f"refusing to serve {settings.host} without TLS or tokens: anyone who can reach it "
             "could use the model and read session videos. Add --tls-cert/--tls-key and/or "
-            "--auth-token-file, or pass --insecure if a trusted network or proxy protects it")
+            "--auth-token-file, or pass --insecure if a trusted network or proxy protects it"
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -29,12 +29,16 @@ def _name(common_name: str) -> x509.Name:
 
 def _issue(subject, public_key, issuer, issuer_key, *, ca=False, sans=(), usage=None):
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(subject).issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     if usage:
@@ -48,22 +52,33 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def make_certificates(directory: Path) -> Certificates:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _issue(_name("sam3-grpc test CA"), ca_key.public_key(), _name("sam3-grpc test CA"),
-                     ca_key, ca=True)
+    ca_cert = _issue(
+        _name("sam3-grpc test CA"), ca_key.public_key(), _name("sam3-grpc test CA"), ca_key, ca=True
+    )
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _issue(
-        _name("localhost"), server_key.public_key(), ca_cert.subject, ca_key,
+        _name("localhost"),
+        server_key.public_key(),
+        ca_cert.subject,
+        ca_key,
         sans=(x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
-        usage=ExtendedKeyUsageOID.SERVER_AUTH)
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+    )
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client_cert = _issue(_name("test client"), client_key.public_key(), ca_cert.subject, ca_key,
-                         usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    client_cert = _issue(
+        _name("test client"),
+        client_key.public_key(),
+        ca_cert.subject,
+        ca_key,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
     pem = serialization.Encoding.PEM
     return Certificates(
         ca=_write(directory / "ca.pem", ca_cert.public_bytes(pem)),

@@ -77,8 +77,8 @@ def launch(engine: Engine, *, wait_ready: bool = True, **overrides) -> RunningSe
     if wait_ready:
         starting.result(300)
     channel = grpc.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    )
     return RunningServer(server, port, engine, loop, thread, channel)
 
 

@@ -73,8 +73,9 @@ def retry_info(error: grpc.RpcError) -> error_details_pb2.RetryInfo | None:
 class Gate:
     """An engine `before_call` hook that holds chosen calls until released."""
 
-    def __init__(self, names=("encode_image", "predict", "add_prompt", "propagate_step",
-                              "start_session")) -> None:
+    def __init__(
+        self, names=("encode_image", "predict", "add_prompt", "propagate_step", "start_session")
+    ) -> None:
         self.names = set(names)
         self.open = threading.Event()
         self.entered = threading.Semaphore(0)
@@ -93,8 +94,14 @@ class Gate:
         self.open.set()
 
 
-def disc_clip(frames: int = 12, width: int = 160, height: int = 120, radius: int = 18,
-              colour=RED, step: int = 6):
+def disc_clip(
+    frames: int = 12,
+    width: int = 160,
+    height: int = 120,
+    radius: int = 18,
+    colour=RED,
+    step: int = 6,
+):
     """RGB frames of a disc moving right by `step` pixels a frame, and each frame's mask."""
     images, masks = [], []
     for i in range(frames):

@@ -11,10 +11,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from helpers import BLUE, RED, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from helpers import BLUE, RED, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 from sam3_grpc.cli import EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, main
 from sam3_grpc.client import Sam3Client
 from sam3_grpc.client.overlay import LABEL_HEIGHT
@@ -67,8 +67,19 @@ def box_of(mask):
 def test_segment_writes_overlay_and_coco_json(capsys, synthetic_server, picture, tmp_path):
     path, image, masks = picture
     out = tmp_path / "out"
-    code, stdout, stderr = run(capsys, "segment", path, "--prompt", "red", "-p", "blue",
-                               "--server", synthetic_server.target, "--out", str(out))
+    code, stdout, stderr = run(
+        capsys,
+        "segment",
+        path,
+        "--prompt",
+        "red",
+        "-p",
+        "blue",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(out),
+    )
     assert code == EXIT_OK, stderr
     assert "red: 1 detection" in stdout and "blue: 1 detection" in stdout
     overlay_path, json_path = out / "shapes_overlay.png", out / "shapes_coco.json"
@@ -84,15 +95,15 @@ def test_segment_writes_overlay_and_coco_json(capsys, synthetic_server, picture,
         assert changed[mask].all()
         x0, y0, x1, y1 = box_of(mask)
         ring = np.zeros_like(mask)
-        ring[y0 - 1:y1 + 1, x0 - 1:x1 + 1] = True
+        ring[y0 - 1 : y1 + 1, x0 - 1 : x1 + 1] = True
         ring[y0:y1, x0:x1] = False
         allowed |= mask | ring
-        allowed[y0 - 1 - LABEL_HEIGHT:y0 - 1, x0 - 1:x0 + 120] = True
+        allowed[y0 - 1 - LABEL_HEIGHT : y0 - 1, x0 - 1 : x0 + 120] = True
         assert changed[ring].all()  # the outline is drawn all round
         inside_box_not_mask = np.zeros_like(mask)
         inside_box_not_mask[y0:y1, x0:x1] = ~mask[y0:y1, x0:x1]
         assert not changed[inside_box_not_mask].any()  # the tint stays inside the mask
-        assert changed[y0 - 1 - LABEL_HEIGHT:y0 - 1, x0 - 1:x0 + 20].any()  # a label
+        assert changed[y0 - 1 - LABEL_HEIGHT : y0 - 1, x0 - 1 : x0 + 20].any()  # a label
     assert not changed[~allowed].any()
 
     # The COCO file loads with pycocotools and its RLE masks decode to the drawn shapes.
@@ -100,7 +111,10 @@ def test_segment_writes_overlay_and_coco_json(capsys, synthetic_server, picture,
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["red", "blue"]
     [image_info] = coco.loadImgs(coco.getImgIds())
     assert (image_info["width"], image_info["height"], image_info["file_name"]) == (
-        240, 180, "shapes.png")
+        240,
+        180,
+        "shapes.png",
+    )
     for name, mask in masks.items():
         [category] = coco.getCatIds(catNms=[name])
         [annotation] = coco.loadAnns(coco.getAnnIds(catIds=[category]))
@@ -113,9 +127,20 @@ def test_segment_writes_overlay_and_coco_json(capsys, synthetic_server, picture,
 
 def test_segment_json_summary_and_geometry_prompts(capsys, synthetic_server, picture, tmp_path):
     path, _, masks = picture
-    code, stdout, stderr = run(capsys, "segment", path, "--point", "170,120",
-                               "--box", "15,35,95,105", "--json", "--server",
-                               synthetic_server.target, "--out", str(tmp_path))
+    code, stdout, stderr = run(
+        capsys,
+        "segment",
+        path,
+        "--point",
+        "170,120",
+        "--box",
+        "15,35,95,105",
+        "--json",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_OK, stderr
     summary = json.loads(stdout)
     box, point = summary["results"]  # text prompts first, then boxes, then points
@@ -123,43 +148,76 @@ def test_segment_json_summary_and_geometry_prompts(capsys, synthetic_server, pic
     assert point["detections"][0]["box"] == list(map(float, box_of(masks["blue"])))
     assert box["detections"][0]["area"] == masks["red"].sum()
     assert sorted(os.path.basename(f) for f in summary["files"]) == [
-        "shapes_coco.json", "shapes_overlay.png"]
+        "shapes_coco.json",
+        "shapes_overlay.png",
+    ]
 
 
 def test_segment_server_side_path(capsys, synthetic_server, media_root, picture, tmp_path):
     path, image, masks = picture
     with open(os.path.join(media_root, "remote.png"), "wb") as handle:
         handle.write(encode(image))
-    code, stdout, stderr = run(capsys, "segment", "remote.png", "--remote", "-p", "red",
-                               "--server", synthetic_server.target, "--out", str(tmp_path))
+    code, stdout, stderr = run(
+        capsys,
+        "segment",
+        "remote.png",
+        "--remote",
+        "-p",
+        "red",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_OK, stderr
     with open(tmp_path / "remote_coco.json") as handle:
         [annotation] = json.load(handle)["annotations"]
     rle = annotation["segmentation"]
-    assert np.array_equal(coco_mask.decode({"size": rle["size"],
-                                            "counts": rle["counts"].encode()}).astype(bool),
-                          masks["red"])
+    assert np.array_equal(
+        coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool),
+        masks["red"],
+    )
     assert not (tmp_path / "remote_overlay.png").exists()
 
 
 def test_segment_bad_path_is_a_usage_error(capsys, synthetic_server, tmp_path):
     missing = str(tmp_path / "missing.png")
-    code, stdout, stderr = run(capsys, "segment", missing, "-p", "red", "--server",
-                               synthetic_server.target, "--out", str(tmp_path))
+    code, stdout, stderr = run(
+        capsys,
+        "segment",
+        missing,
+        "-p",
+        "red",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_USAGE and stdout == ""
     assert_one_line_error(stderr, "segment", missing, "does not exist")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--box", "1,2,3"], "--box"),
-    (["--box", "5,5,1,1"], "inverted"),
-    (["--point", "x,y"], "--point"),
-    ([], "--prompt"),
-    (["-p", "red", "--score-threshold", "2"], "--score-threshold"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--box", "1,2,3"], "--box"),
+        (["--box", "5,5,1,1"], "inverted"),
+        (["--point", "x,y"], "--point"),
+        ([], "--prompt"),
+        (["-p", "red", "--score-threshold", "2"], "--score-threshold"),
+    ],
+)
 def test_segment_bad_flag_values(capsys, synthetic_server, picture, tmp_path, argv, fragment):
-    code, _, stderr = run(capsys, "segment", picture[0], *argv, "--server",
-                          synthetic_server.target, "--out", str(tmp_path))
+    code, _, stderr = run(
+        capsys,
+        "segment",
+        picture[0],
+        *argv,
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_USAGE
     assert_one_line_error(stderr, "segment", fragment)
 
@@ -172,22 +230,41 @@ def test_unknown_flag_exits_with_usage_code(capsys):
 
 
 def test_segment_unreachable_server(capsys, picture, tmp_path):
-    code, stdout, stderr = run(capsys, "segment", picture[0], "-p", "red", "--server",
-                               UNREACHABLE, "--out", str(tmp_path))
+    code, stdout, stderr = run(
+        capsys, "segment", picture[0], "-p", "red", "--server", UNREACHABLE, "--out", str(tmp_path)
+    )
     assert code == EXIT_SERVER_ERROR and stdout == ""
     assert_one_line_error(stderr, "segment", UNREACHABLE, "check that the server is running")
 
 
 def test_segment_server_error_is_one_line(capsys, synthetic_server, picture, tmp_path):
-    code, _, stderr = run(capsys, "segment", picture[0], "-p", "a dog", "--server",
-                          synthetic_server.target, "--out", str(tmp_path))
+    code, _, stderr = run(
+        capsys,
+        "segment",
+        picture[0],
+        "-p",
+        "a dog",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_SERVER_ERROR
     assert_one_line_error(stderr, "segment", "INVALID_ARGUMENT", "colour")
 
 
 def test_token_file_errors_are_usage_errors(capsys, synthetic_server, picture, tmp_path):
-    code, _, stderr = run(capsys, "segment", picture[0], "-p", "red", "--token-file",
-                          str(tmp_path / "nope"), "--server", synthetic_server.target)
+    code, _, stderr = run(
+        capsys,
+        "segment",
+        picture[0],
+        "-p",
+        "red",
+        "--token-file",
+        str(tmp_path / "nope"),
+        "--server",
+        synthetic_server.target,
+    )
     assert code == EXIT_USAGE
     assert_one_line_error(stderr, "segment", "--token-file")
 
@@ -198,12 +275,21 @@ def no_open_sessions(target: str) -> bool:
         return client.list_sessions() == []
 
 
-def test_track_writes_overlay_video_and_per_frame_masks(capsys, synthetic_server, video,
-                                                        tmp_path):
+def test_track_writes_overlay_video_and_per_frame_masks(capsys, synthetic_server, video, tmp_path):
     path, masks = video
-    code, stdout, stderr = run(capsys, "track", path, "--prompt", "red", "--server",
-                               synthetic_server.target, "--out", str(tmp_path),
-                               "--chunk-size", "4096")
+    code, stdout, stderr = run(
+        capsys,
+        "track",
+        path,
+        "--prompt",
+        "red",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+        "--chunk-size",
+        "4096",
+    )
     assert code == EXIT_OK, stderr
     assert "tracked 1 object over 12 frames" in stdout
     with open(tmp_path / "moving_masks.json") as handle:
@@ -233,12 +319,27 @@ def test_track_writes_overlay_video_and_per_frame_masks(capsys, synthetic_server
     assert no_open_sessions(synthetic_server.target)
 
 
-def test_track_from_a_middle_frame_both_ways_on_the_server(capsys, synthetic_server, video,
-                                                           tmp_path):
+def test_track_from_a_middle_frame_both_ways_on_the_server(
+    capsys, synthetic_server, video, tmp_path
+):
     path, masks = video
-    code, stdout, stderr = run(capsys, "track", "moving.avi", "--remote", "-p", "red",
-                               "--frame", "6", "--direction", "both", "-q", "--server",
-                               synthetic_server.target, "--out", str(tmp_path))
+    code, stdout, stderr = run(
+        capsys,
+        "track",
+        "moving.avi",
+        "--remote",
+        "-p",
+        "red",
+        "--frame",
+        "6",
+        "--direction",
+        "both",
+        "-q",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_OK, stderr
     assert "no overlay video" in stderr
     with open(tmp_path / "moving_masks.json") as handle:
@@ -248,34 +349,72 @@ def test_track_from_a_middle_frame_both_ways_on_the_server(capsys, synthetic_ser
     assert no_open_sessions(synthetic_server.target)
 
 
-def test_track_closes_the_session_when_a_prompt_fails(capsys, synthetic_server, video,
-                                                      tmp_path):
-    code, _, stderr = run(capsys, "track", video[0], "-p", "a dog", "--server",
-                          synthetic_server.target, "--out", str(tmp_path))
+def test_track_closes_the_session_when_a_prompt_fails(capsys, synthetic_server, video, tmp_path):
+    code, _, stderr = run(
+        capsys,
+        "track",
+        video[0],
+        "-p",
+        "a dog",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_SERVER_ERROR
     assert_one_line_error(stderr, "track", "INVALID_ARGUMENT")
     assert no_open_sessions(synthetic_server.target)
 
-    code, _, stderr = run(capsys, "track", video[0], "-p", "green", "--server",
-                          synthetic_server.target, "--out", str(tmp_path))
+    code, _, stderr = run(
+        capsys,
+        "track",
+        video[0],
+        "-p",
+        "green",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_SERVER_ERROR
     assert_one_line_error(stderr, "track", "no object found")
     assert no_open_sessions(synthetic_server.target)
 
-    code, _, stderr = run(capsys, "track", video[0], "-p", "red", "--frame", "99", "--server",
-                          synthetic_server.target, "--out", str(tmp_path))
+    code, _, stderr = run(
+        capsys,
+        "track",
+        video[0],
+        "-p",
+        "red",
+        "--frame",
+        "99",
+        "--server",
+        synthetic_server.target,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_USAGE
     assert_one_line_error(stderr, "track", "--frame 99")
     assert no_open_sessions(synthetic_server.target)
 
 
 def test_track_bad_path_and_unreachable_server(capsys, video, tmp_path):
-    code, _, stderr = run(capsys, "track", str(tmp_path / "nope.mp4"), "-p", "red",
-                          "--server", UNREACHABLE, "--out", str(tmp_path))
+    code, _, stderr = run(
+        capsys,
+        "track",
+        str(tmp_path / "nope.mp4"),
+        "-p",
+        "red",
+        "--server",
+        UNREACHABLE,
+        "--out",
+        str(tmp_path),
+    )
     assert code == EXIT_USAGE
     assert_one_line_error(stderr, "track", "nope.mp4", "does not exist")
-    code, _, stderr = run(capsys, "track", video[0], "-p", "red", "--server", UNREACHABLE,
-                          "--out", str(tmp_path))
+    code, _, stderr = run(
+        capsys, "track", video[0], "-p", "red", "--server", UNREACHABLE, "--out", str(tmp_path)
+    )
     assert code == EXIT_SERVER_ERROR
     assert_one_line_error(stderr, "track", UNREACHABLE, "check that the server is running")
 
@@ -300,13 +439,22 @@ def test_status_human_and_json(capsys, synthetic_server):
 
 
 def test_health_exit_codes(capsys, synthetic_server):
-    assert run(capsys, "health", "--server", synthetic_server.target)[:2] == (
-        EXIT_OK, "SERVING\n")
-    code, stdout, _ = run(capsys, "health", "--server", synthetic_server.target, "--json",
-                          "--service", "sam3_grpc.v1.SegmentationService", "--wait", "5")
+    assert run(capsys, "health", "--server", synthetic_server.target)[:2] == (EXIT_OK, "SERVING\n")
+    code, stdout, _ = run(
+        capsys,
+        "health",
+        "--server",
+        synthetic_server.target,
+        "--json",
+        "--service",
+        "sam3_grpc.v1.SegmentationService",
+        "--wait",
+        "5",
+    )
     assert code == EXIT_OK and json.loads(stdout)["status"] == "SERVING"
-    code, stdout, _ = run(capsys, "health", "--server", synthetic_server.target, "--service",
-                          "no.such.Service")
+    code, stdout, _ = run(
+        capsys, "health", "--server", synthetic_server.target, "--service", "no.such.Service"
+    )
     assert (code, stdout) == (EXIT_SERVER_ERROR, "SERVICE_UNKNOWN\n")
 
 
@@ -318,25 +466,46 @@ def test_status_and_health_unreachable(capsys, command):
 
 
 # ----- TLS and tokens ----------------------------------------------------------------------------
-def test_tls_mutual_tls_and_tokens_against_a_real_server(capsys, start_server, picture,
-                                                         tmp_path):
+def test_tls_mutual_tls_and_tokens_against_a_real_server(capsys, start_server, picture, tmp_path):
     from certs import make_certificates
+
     from sam3_grpc.engines.synthetic import SyntheticEngine
 
     (tmp_path / "certs").mkdir()
     certs = make_certificates(tmp_path / "certs")
     tokens = tmp_path / "tokens"
     tokens.write_text("s3cret\n")
-    server = start_server(SyntheticEngine(), tls_cert=str(certs.server_cert),
-                          tls_key=str(certs.server_key), tls_client_ca=str(certs.ca),
-                          auth_token_file=str(tokens))
+    server = start_server(
+        SyntheticEngine(),
+        tls_cert=str(certs.server_cert),
+        tls_key=str(certs.server_key),
+        tls_client_ca=str(certs.ca),
+        auth_token_file=str(tokens),
+    )
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
-    tls = ["--tls-ca", str(certs.ca), "--tls-cert", str(certs.client_cert),
-           "--tls-key", str(certs.client_key)]
-    code, stdout, stderr = run(capsys, "segment", picture[0], "-p", "red", "--server",
-                               server.target, "--token-file", str(token_file), "--out",
-                               str(tmp_path), *tls)
+    tls = [
+        "--tls-ca",
+        str(certs.ca),
+        "--tls-cert",
+        str(certs.client_cert),
+        "--tls-key",
+        str(certs.client_key),
+    ]
+    code, stdout, stderr = run(
+        capsys,
+        "segment",
+        picture[0],
+        "-p",
+        "red",
+        "--server",
+        server.target,
+        "--token-file",
+        str(token_file),
+        "--out",
+        str(tmp_path),
+        *tls,
+    )
     assert code == EXIT_OK, stderr
     assert "red: 1 detection" in stdout
 
@@ -345,8 +514,18 @@ def test_tls_mutual_tls_and_tokens_against_a_real_server(capsys, start_server, p
     assert_one_line_error(stderr, "status", server.target, "--token")
 
     # Without the client certificate the handshake fails: one line, exit 1, saying what to do.
-    code, _, stderr = run(capsys, "status", "--server", server.target, "--tls-ca",
-                          str(certs.ca), "--token", "s3cret", "--timeout", "10")
+    code, _, stderr = run(
+        capsys,
+        "status",
+        "--server",
+        server.target,
+        "--tls-ca",
+        str(certs.ca),
+        "--token",
+        "s3cret",
+        "--timeout",
+        "10",
+    )
     assert code == EXIT_SERVER_ERROR
     assert_one_line_error(stderr, "status", server.target, "--tls-cert")
     # Not trusting the server's certificate, or not using TLS at all, is explained too.
@@ -356,23 +535,42 @@ def test_tls_mutual_tls_and_tokens_against_a_real_server(capsys, start_server, p
     code, _, stderr = run(capsys, "status", "--server", server.target)
     assert code == EXIT_SERVER_ERROR
     assert_one_line_error(stderr, "status", server.target, "--tls-ca")
-    code, _, stderr = run(capsys, "status", "--server", server.target, "--tls-cert",
-                          str(certs.client_cert))
+    code, _, stderr = run(
+        capsys, "status", "--server", server.target, "--tls-cert", str(certs.client_cert)
+    )
     assert code == EXIT_USAGE
     assert_one_line_error(stderr, "status", "--tls-key")
 
 
 # ----- the console script ------------------------------------------------------------------------
 def test_console_script_in_a_subprocess_stays_light(synthetic_server, picture, tmp_path):
-    probe = ("import sys; import sam3_grpc.cli as cli; cli.build_parser(); "
-             "heavy = [m for m in ('numpy', 'cv2', 'torch', 'tqdm', 'grpc') if m in sys.modules]; "
-             "print(heavy)")
-    light = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                           cwd=ROOT, timeout=60)
+    probe = (
+        "import sys; import sam3_grpc.cli as cli; cli.build_parser(); "
+        "heavy = [m for m in ('numpy', 'cv2', 'torch', 'tqdm', 'grpc') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    light = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert light.stdout.strip() == "[]", light.stderr
     done = subprocess.run(
-        [sys.executable, "-m", "sam3_grpc.cli", "segment", picture[0], "-p", "blue",
-         "--server", synthetic_server.target, "--out", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "sam3_grpc.cli",
+            "segment",
+            picture[0],
+            "-p",
+            "blue",
+            "--server",
+            synthetic_server.target,
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert done.returncode == EXIT_OK, done.stderr
     assert (tmp_path / "shapes_overlay.png").is_file()

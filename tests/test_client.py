@@ -18,9 +18,9 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
+from helpers import BLUE, RED, Gate, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 from pycocotools import mask as coco_mask
 
-from helpers import BLUE, RED, Gate, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 from sam3_grpc.client import (
     NO_RETRY,
     DataLossError,
@@ -141,8 +141,12 @@ def test_png_masks_polygons_and_no_masks(client, scene):
     assert png[0][0].png is not None and png[0][0].rle_counts is None
     assert np.array_equal(png[0][0].mask, rect) and np.array_equal(png[1][0].mask, disc)
     # The COCO RLE is derived from the PNG mask when needed.
-    assert np.array_equal(coco_mask.decode(
-        {"size": png[0][0].rle["size"], "counts": png[0][0].rle["counts"].encode()}), rect)
+    assert np.array_equal(
+        coco_mask.decode(
+            {"size": png[0][0].rle["size"], "counts": png[0][0].rle["counts"].encode()}
+        ),
+        rect,
+    )
 
     none = client.segment_image(image, "red", mask_encoding="none", include_polygons=True)
     detection = none[0][0]
@@ -178,15 +182,18 @@ def test_to_coco_round_trips_through_pycocotools(client, scene):
         assert annotation["image_id"] == 7 and annotation["iscrowd"] == 0
         segmentation = annotation["segmentation"]
         assert segmentation["size"] == [150, 200]
-        decoded = coco_mask.decode({"size": segmentation["size"],
-                                    "counts": segmentation["counts"].encode()})
+        decoded = coco_mask.decode(
+            {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
+        )
         assert np.array_equal(decoded.astype(bool), expected)
         x0, y0, x1, y1 = box_of(expected)
         assert annotation["bbox"] == [x0, y0, x1 - x0, y1 - y0]
         assert annotation["area"] == expected.sum()
-        assert float(coco_mask.area(
-            {"size": segmentation["size"], "counts": segmentation["counts"].encode()})) == (
-            expected.sum())
+        assert float(
+            coco_mask.area(
+                {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
+            )
+        ) == (expected.sum())
     assert sorted(a["id"] for a in dataset["annotations"]) == [1, 2]
 
 
@@ -252,8 +259,9 @@ def test_upload_video_streams_with_progress_and_checksum(client, clip):
     path, masks = clip
     size = os.path.getsize(path)
     seen = []
-    session = client.upload_video(path, chunk_size=4096,
-                                  progress=lambda sent, total: seen.append((sent, total)))
+    session = client.upload_video(
+        path, chunk_size=4096, progress=lambda sent, total: seen.append((sent, total))
+    )
     try:
         assert session.uploaded and session.frame_count == len(masks)
         assert (session.width, session.height) == (160, 120) and session.fps == 10
@@ -302,11 +310,14 @@ def box_center(mask):
     return ((x0 + x1) / 2, (y0 + y1) / 2)
 
 
-@pytest.mark.parametrize("direction, start, expected", [
-    ("forward", None, list(range(12))),
-    ("backward", 11, list(range(11, -1, -1))),
-    ("both", 6, [*range(6, 12), *range(5, -1, -1)]),
-])
+@pytest.mark.parametrize(
+    "direction, start, expected",
+    [
+        ("forward", None, list(range(12))),
+        ("backward", 11, list(range(11, -1, -1))),
+        ("both", 6, [*range(6, 12), *range(5, -1, -1)]),
+    ],
+)
 def test_propagate_streams_every_frame(client, clip, direction, start, expected):
     path, masks = clip
     with client.session(ServerPath("disc.avi")) as session:
@@ -411,14 +422,18 @@ def segment_raw(server, image: np.ndarray):
     stub = server.segmentation
     from sam3_grpc.v1 import common_pb2
 
-    return stub.SegmentImage(segmentation_service_pb2.SegmentImageRequest(
-        image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")]),
-        timeout=60)
+    return stub.SegmentImage(
+        segmentation_service_pb2.SegmentImageRequest(
+            image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")]
+        ),
+        timeout=60,
+    )
 
 
 def queue_state(server):
-    return server.status.GetServerStatus(status_service_pb2.GetServerStatusRequest(),
-                                         timeout=10).queue
+    return server.status.GetServerStatus(
+        status_service_pb2.GetServerStatusRequest(), timeout=10
+    ).queue
 
 
 def test_retries_honour_retry_info_when_the_queue_is_full(start_server, media_root, clip, scene):
@@ -438,8 +453,11 @@ def test_retries_honour_retry_info_when_the_queue_is_full(start_server, media_ro
 
         # Every attempt is rejected: the client tries max_attempts times, sleeping the hint.
         sleeps, retries = [], []
-        policy = RetryPolicy(max_attempts=3, sleep=sleeps.append,
-                             on_retry=lambda n, error, delay: retries.append((n, error, delay)))
+        policy = RetryPolicy(
+            max_attempts=3,
+            sleep=sleeps.append,
+            on_retry=lambda n, error, delay: retries.append((n, error, delay)),
+        )
         with Sam3Client(server.target, retry=policy) as client:
             with pytest.raises(ResourceExhaustedError) as caught:
                 client.segment_image(scene[0], "red")
@@ -487,8 +505,9 @@ def test_no_retry_on_client_errors(client, scene):
 
 
 def test_retry_policy_backoff_and_limits():
-    policy = RetryPolicy(initial_backoff=1.0, multiplier=2.0, max_backoff=3.0, jitter=0.0,
-                         max_retry_after=10.0)
+    policy = RetryPolicy(
+        initial_backoff=1.0, multiplier=2.0, max_backoff=3.0, jitter=0.0, max_retry_after=10.0
+    )
     assert [policy.delay(n, None) for n in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
     assert policy.delay(1, 0.25) == 0.25  # the server's hint wins
     assert policy.delay(1, 11.0) is None  # a hint longer than allowed: give up
@@ -501,18 +520,26 @@ class FakeStatusServer:
     """A tiny grpc server answering GetServerStatus: records metadata, fails on demand;
     with server_credentials it serves TLS."""
 
-    def __init__(self, failures: list[tuple[grpc.StatusCode, str]] = (),
-                 server_credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(
+        self,
+        failures: list[tuple[grpc.StatusCode, str]] = (),
+        server_credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.failures = list(failures)
         self.metadata: list[dict[str, str]] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(2),
-                                  options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
         handler = grpc.unary_unary_rpc_method_handler(
             self._status,
             request_deserializer=status_service_pb2.GetServerStatusRequest.FromString,
-            response_serializer=status_service_pb2.GetServerStatusResponse.SerializeToString)
-        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-            "sam3_grpc.v1.StatusService", {"GetServerStatus": handler})])
+            response_serializer=status_service_pb2.GetServerStatusResponse.SerializeToString,
+        )
+        self.server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "sam3_grpc.v1.StatusService", {"GetServerStatus": handler}
+                )
+            ]
+        )
         if server_credentials is None:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
         else:
@@ -535,8 +562,9 @@ def test_token_is_sent_as_bearer_metadata_and_unavailable_is_retried():
     fake = FakeStatusServer([(grpc.StatusCode.UNAVAILABLE, "warming up")])
     try:
         sleeps = []
-        with Sam3Client(fake.target, token="s3cret",
-                        retry=RetryPolicy(sleep=sleeps.append)) as client:
+        with Sam3Client(
+            fake.target, token="s3cret", retry=RetryPolicy(sleep=sleeps.append)
+        ) as client:
             status = client.status()
         assert status.model_name == "fake"
         assert len(fake.metadata) == 2 and len(sleeps) == 1
@@ -556,8 +584,12 @@ def test_tls_and_token_against_a_real_server(start_server, scene, tmp_path):
     certs = make_certificates(tmp_path)
     tokens = tmp_path / "tokens"
     tokens.write_text("s3cret\n")
-    server = start_server(SyntheticEngine(), tls_cert=str(certs.server_cert),
-                          tls_key=str(certs.server_key), auth_token_file=str(tokens))
+    server = start_server(
+        SyntheticEngine(),
+        tls_cert=str(certs.server_cert),
+        tls_key=str(certs.server_key),
+        auth_token_file=str(tokens),
+    )
     credentials = grpc.ssl_channel_credentials(certs.ca.read_bytes())
     with Sam3Client(server.target, credentials=credentials, token="s3cret") as client:
         assert np.array_equal(client.segment_image(scene[0], "red")[0][0].mask, scene[1])
@@ -581,7 +613,8 @@ def test_plain_status_errors_without_rich_details():
 
 # ----- several endpoints -------------------------------------------------------------------------
 def test_pool_spreads_images_and_keeps_sessions_on_their_server(
-        start_server, media_root, clip, scene):
+    start_server, media_root, clip, scene
+):
     engines = [SyntheticEngine(), SyntheticEngine()]
     servers = [start_server(e, media_roots=(media_root,)) for e in engines]
     targets = [s.target for s in servers]
@@ -599,10 +632,10 @@ def test_pool_spreads_images_and_keeps_sessions_on_their_server(
             pool.add_prompt(session.session_id, 0, "red")
             owner = targets.index(session.target)
             assert [e.calls["add_prompt"] - b for e, b in zip(engines, before)] == [
-                int(i == owner) for i in range(2)]
+                int(i == owner) for i in range(2)
+            ]
             assert len(list(pool.propagate(session.session_id, max_frames=3))) == 3
-        assert {s.session_id for s in pool.list_sessions()} == {first.session_id,
-                                                                second.session_id}
+        assert {s.session_id for s in pool.list_sessions()} == {first.session_id, second.session_id}
         # A pool that did not open the session finds its owner.
         with Sam3Pool(list(reversed(targets))) as other:
             assert other.owner_of(second.session_id) == second.target
@@ -620,8 +653,9 @@ def test_pool_spreads_images_and_keeps_sessions_on_their_server(
 
 def test_pool_fails_over_past_an_unreachable_endpoint(synthetic_server, scene):
     sleeps = []
-    with Sam3Pool(["127.0.0.1:1", synthetic_server.target],
-                  retry=RetryPolicy(sleep=sleeps.append)) as pool:
+    with Sam3Pool(
+        ["127.0.0.1:1", synthetic_server.target], retry=RetryPolicy(sleep=sleeps.append)
+    ) as pool:
         for _ in range(3):
             assert np.array_equal(pool.segment_image(scene[0], "red")[0][0].mask, scene[1])
         assert sleeps == []  # failing over needs no wait
@@ -673,15 +707,15 @@ def test_async_client_end_to_end(synthetic_server, scene, clip):
                 await client.segment_image(image, "a dog")
 
             seen = []
-            async with client.session(upload=path, chunk_size=4096,
-                                      progress=lambda s, t: seen.append(s)) as session:
+            async with client.session(
+                upload=path, chunk_size=4096, progress=lambda s, t: seen.append(s)
+            ) as session:
                 assert seen[-1] == os.path.getsize(path)
                 added = await session.add_prompt(0, "red")
                 assert added.object_ids == [1]
                 frames = [f async for f in session.propagate()]
                 assert [f.frame_index for f in frames] == list(range(12))
-                assert all(np.array_equal(f.objects[0].mask, masks[f.frame_index])
-                           for f in frames)
+                assert all(np.array_equal(f.objects[0].mask, masks[f.frame_index]) for f in frames)
                 async with session.propagate(max_frames=6) as stream:
                     first = await stream.__anext__()
                     assert first.frame_index == 0 and stream.frames_total == 6
@@ -713,8 +747,9 @@ def test_async_client_retries_with_an_async_sleep():
         delays.append(delay)
 
     async def scenario():
-        async with AsyncSam3Client(fake.target, token="t",
-                                   retry=RetryPolicy(sleep=sleep)) as client:
+        async with AsyncSam3Client(
+            fake.target, token="t", retry=RetryPolicy(sleep=sleep)
+        ) as client:
             return await client.status()
 
     try:

@@ -60,9 +60,13 @@ def test_client_without_torch_or_opencv(synthetic_server, tmp_path):
     rect = draw_rect(image, 10, 5, 50, 35, RED)
     image_path = tmp_path / "red.png"
     image_path.write_bytes(encode(image))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, synthetic_server.target,
-                           str(image_path)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, synthetic_server.target, str(image_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["box"] == [10.0, 5.0, 50.0, 35.0]

@@ -6,12 +6,11 @@ import time
 
 import grpc
 import pytest
-
 from helpers import RED, Gate, blank, draw_rect, encode, retry_info
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
-from sam3_grpc.v1 import common_pb2
+from sam3_grpc.v1 import common_pb2, status_service_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
-from sam3_grpc.v1 import status_service_pb2
 
 IMAGE = blank(64, 48)
 draw_rect(IMAGE, 4, 4, 20, 20, RED)
@@ -20,8 +19,9 @@ draw_rect(IMAGE, 4, 4, 20, 20, RED)
 def segment_request(seed: int = 0) -> pb.SegmentImageRequest:
     image = IMAGE.copy()
     image[-1, -1] = (seed % 256, seed // 256 % 256, 7)  # a distinct image: no cache hits
-    return pb.SegmentImageRequest(image=common_pb2.Image(content=encode(image)),
-                                  prompts=[common_pb2.Prompt(text="red")])
+    return pb.SegmentImageRequest(
+        image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")]
+    )
 
 
 def queue_status(server) -> status_service_pb2.QueueStatus:

@@ -7,14 +7,14 @@ import threading
 import time
 
 import grpc
+from conftest import launch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from conftest import launch
 from helpers import Gate
+from test_executor import segment_request, wait_until
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.server.app import SERVICE_NAMES
-from test_executor import segment_request, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -41,7 +41,8 @@ def test_health_lifecycle_from_loading_to_shutdown():
     try:
         watch_channel = grpc.insecure_channel(server.target)
         watcher = health_pb2_grpc.HealthStub(watch_channel).Watch(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAMES[0]))
+            health_pb2.HealthCheckRequest(service=SERVICE_NAMES[0])
+        )
         seen: queue.Queue = queue.Queue()
 
         def follow() -> None:
@@ -74,8 +75,9 @@ def test_health_lifecycle_from_loading_to_shutdown():
         engine.before_call = gate
         futures = [server.segmentation.SegmentImage.future(segment_request(1))]
         gate.wait_entered()
-        futures += [server.segmentation.SegmentImage.future(segment_request(i))
-                    for i in range(2, 6)]
+        futures += [
+            server.segmentation.SegmentImage.future(segment_request(i)) for i in range(2, 6)
+        ]
         wait_until(lambda: check(server) == NOT_SERVING)
         assert seen.get(timeout=10) == NOT_SERVING
         assert check(server, SERVICE_NAMES[0]) == NOT_SERVING
@@ -108,11 +110,14 @@ def test_unknown_service_is_not_found(synthetic_server):
 
 def test_reflection_lists_every_service(synthetic_server):
     stub = reflection_pb2_grpc.ServerReflectionStub(synthetic_server.channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        list_services="")]))
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name for reply in replies for s in reply.list_services_response.service}
-    assert set(SERVICE_NAMES) | {"grpc.health.v1.Health",
-                                 "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert (
+        set(SERVICE_NAMES) | {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+        <= names
+    )
 
 
 def test_a_load_longer_than_the_job_timeout_is_not_a_wedged_engine():

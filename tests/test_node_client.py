@@ -13,7 +13,6 @@ import subprocess
 import textwrap
 
 import pytest
-
 from helpers import BLUE, RED, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,15 +28,21 @@ def node() -> str:
         npm = shutil.which("npm")
         if npm is None:
             pytest.skip("npm is not on PATH: cannot install the Node.js client's dependencies")
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
     return node
 
 
 def run_node(node: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([node, *args], cwd=NODE_DIR, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [node, *args], cwd=NODE_DIR, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def box_of(mask):
@@ -56,9 +61,21 @@ def test_example_segments_an_image_and_tracks_a_video(node, synthetic_server, tm
     frames, masks = disc_clip(frames=10)
     video_path = write_video(tmp_path / "clip.avi", frames)
 
-    done = run_node(node, "example.js", "--server", synthetic_server.target,
-                    "--image", str(image_path), "--prompt", "red", "--prompt", "blue",
-                    "--video", video_path, "--json")
+    done = run_node(
+        node,
+        "example.js",
+        "--server",
+        synthetic_server.target,
+        "--image",
+        str(image_path),
+        "--prompt",
+        "red",
+        "--prompt",
+        "blue",
+        "--video",
+        video_path,
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["health"] == "SERVING"
@@ -149,7 +166,8 @@ def test_node_client_errors_and_cancellation(node, synthetic_server, tmp_path):
 def test_example_reports_unreachable_server(node, tmp_path):
     image_path = tmp_path / "x.png"
     image_path.write_bytes(encode(blank(8, 8)))
-    done = run_node(node, "example.js", "--server", "127.0.0.1:1", "--image", str(image_path),
-                    "--prompt", "red")
+    done = run_node(
+        node, "example.js", "--server", "127.0.0.1:1", "--image", str(image_path), "--prompt", "red"
+    )
     assert done.returncode == 1
     assert "UNAVAILABLE" in done.stderr

@@ -10,11 +10,12 @@ import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from helpers import RED, blank, draw_rect, encode
+from test_video import disc_clip, upload, write_video
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
-from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as pb
-from test_video import upload, write_video, disc_clip
+from sam3_grpc.v1 import common_pb2
+from sam3_grpc.v1 import segmentation_service_pb2 as pb
 
 SEGMENT = "/sam3_grpc.v1.SegmentationService/SegmentImage"
 
@@ -33,8 +34,9 @@ def request(seed: int) -> pb.SegmentImageRequest:
     image = blank(40, 30)
     draw_rect(image, 5, 5, 15, 15, RED)
     image[0, 0] = (seed, 0, 0)
-    return pb.SegmentImageRequest(image=common_pb2.Image(content=encode(image)),
-                                  prompts=[common_pb2.Prompt(text="red")])
+    return pb.SegmentImageRequest(
+        image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")]
+    )
 
 
 def test_metrics_move_with_load(start_server, tmp_path):
@@ -56,14 +58,22 @@ def test_metrics_move_with_load(start_server, tmp_path):
     assert after[ok] - before.get(ok, 0) == 3
     assert after[bad] == 1
     assert after[f'sam3_grpc_request_duration_seconds_count{{method="{SEGMENT}"}}'] >= 4
-    assert after['sam3_grpc_cache_lookups_total{result="hit"}'] - \
-        before['sam3_grpc_cache_lookups_total{result="hit"}'] == 1
-    assert after['sam3_grpc_cache_lookups_total{result="miss"}'] - \
-        before['sam3_grpc_cache_lookups_total{result="miss"}'] == 2
+    assert (
+        after['sam3_grpc_cache_lookups_total{result="hit"}']
+        - before['sam3_grpc_cache_lookups_total{result="hit"}']
+        == 1
+    )
+    assert (
+        after['sam3_grpc_cache_lookups_total{result="miss"}']
+        - before['sam3_grpc_cache_lookups_total{result="miss"}']
+        == 2
+    )
     assert after["sam3_grpc_sessions_active"] == 1
     assert after["sam3_grpc_upload_bytes_total"] == session_size(tmp_path / "m.avi")
-    assert after['sam3_grpc_jobs_total{outcome="completed"}'] > \
-        before['sam3_grpc_jobs_total{outcome="completed"}']
+    assert (
+        after['sam3_grpc_jobs_total{outcome="completed"}']
+        > before['sam3_grpc_jobs_total{outcome="completed"}']
+    )
     assert after["sam3_grpc_queue_wait_seconds_count"] >= 3
     assert after["sam3_grpc_executor_busy_seconds_total"] > 0
     assert after["sam3_grpc_device_memory_used_bytes"] > 0
@@ -76,8 +86,21 @@ def session_size(path) -> int:
 
 def test_json_call_log_has_one_line_per_call():
     process = subprocess.Popen(
-        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic", "--port", "0",
-         "--log-format", "json"], stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sam3_grpc.cli",
+            "serve",
+            "--model",
+            "synthetic",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = None
         for line in process.stderr:

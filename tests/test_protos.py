@@ -13,8 +13,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_generated_code_is_up_to_date():
-    result = subprocess.run([sys.executable, "scripts/generate_protos.py", "--check"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "scripts/generate_protos.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -28,15 +32,18 @@ def _buf() -> str:
     return found
 
 
-@pytest.mark.parametrize("args", [["lint"], ["format", "--diff", "--exit-code"]],
-                         ids=["lint", "format"])
+@pytest.mark.parametrize(
+    "args", [["lint"], ["format", "--diff", "--exit-code"]], ids=["lint", "format"]
+)
 def test_buf(args):
     result = subprocess.run([_buf(), *args], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_importing_stubs_and_package_does_not_import_torch():
-    code = ("import sys, sam3_grpc, sam3_grpc.v1.video_service_pb2_grpc, "
-            "sam3_grpc.v1.segmentation_service_pb2_grpc, sam3_grpc.engines, sam3_grpc.types; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys, sam3_grpc, sam3_grpc.v1.video_service_pb2_grpc, "
+        "sam3_grpc.v1.segmentation_service_pb2_grpc, sam3_grpc.engines, sam3_grpc.types; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -17,7 +17,6 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-
 from helpers import BLUE, RED, blank, draw_disc, draw_rect, encode
 
 EXPECTED_SERVICES = {
@@ -70,7 +69,8 @@ def test_video_service_methods_are_described(reflected):
     assert methods["Propagate"].server_streaming and not methods["Propagate"].client_streaming
     session = pool.FindMessageTypeByName("sam3_grpc.v1.Session")
     assert session.fields_by_name["create_time"].message_type.full_name == (
-        "google.protobuf.Timestamp")
+        "google.protobuf.Timestamp"
+    )
 
 
 def _generic_call(channel, pool, method_path: str, request_json: str) -> dict:
@@ -81,8 +81,10 @@ def _generic_call(channel, pool, method_path: str, request_json: str) -> dict:
     response_class = message_factory.GetMessageClass(method.output_type)
     request = json_format.Parse(request_json, request_class())
     call = channel.unary_unary(
-        f"/{service_name}/{method_name}", request_serializer=request_class.SerializeToString,
-        response_deserializer=response_class.FromString)
+        f"/{service_name}/{method_name}",
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
     response = call(request, timeout=10)
     return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
@@ -93,13 +95,16 @@ def test_segment_image_like_grpcurl(reflected):
     rect = draw_rect(image, 10, 20, 50, 60, RED)
     draw_disc(image, 110, 70, 20, BLUE)
     # The JSON grpcurl reads from `-d @`: bytes fields are base64.
-    request_json = json.dumps({
-        "image": {"content": base64.b64encode(encode(image)).decode("ascii")},
-        "prompts": [{"text": "red"}, {"text": "blue"}],
-        "output": {"mask_encoding": "MASK_ENCODING_RLE"},
-    })
-    reply = _generic_call(channel, pool, "sam3_grpc.v1.SegmentationService/SegmentImage",
-                          request_json)
+    request_json = json.dumps(
+        {
+            "image": {"content": base64.b64encode(encode(image)).decode("ascii")},
+            "prompts": [{"text": "red"}, {"text": "blue"}],
+            "output": {"mask_encoding": "MASK_ENCODING_RLE"},
+        }
+    )
+    reply = _generic_call(
+        channel, pool, "sam3_grpc.v1.SegmentationService/SegmentImage", request_json
+    )
     assert (reply["width"], reply["height"]) == (160, 120)
     red, blue = reply["results"]
     [detection] = red["detections"]

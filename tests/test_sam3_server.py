@@ -15,11 +15,12 @@ import sys
 import grpc
 import numpy as np
 import pytest
-
 from helpers import BLUE, RED, blank, disc_clip, draw_disc, draw_rect, encode, mask_of, write_video
-from sam3_grpc.v1 import common_pb2, segmentation_service_pb2 as pb, status_service_pb2
-from sam3_grpc.v1 import video_service_pb2 as video_pb
 from test_video import upload_requests
+
+from sam3_grpc.v1 import common_pb2, status_service_pb2
+from sam3_grpc.v1 import segmentation_service_pb2 as pb
+from sam3_grpc.v1 import video_service_pb2 as video_pb
 
 pytestmark = pytest.mark.sam3
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.sam3
 @pytest.fixture(scope="module")
 def tiny_server():
     from conftest import launch
+
     from sam3_grpc.engines.sam3 import Sam3Engine
 
     class CountingEngine(Sam3Engine):
@@ -64,8 +66,12 @@ def assert_well_formed(detection, width, height):
     assert 0 <= box.x_min <= box.x_max <= width and 0 <= box.y_min <= box.y_max <= height
     if detection.area:
         ys, xs = np.nonzero(mask)
-        assert (box.x_min, box.y_min, box.x_max, box.y_max) == \
-            (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert (box.x_min, box.y_min, box.x_max, box.y_max) == (
+            xs.min(),
+            ys.min(),
+            xs.max() + 1,
+            ys.max() + 1,
+        )
 
 
 def test_status_reports_the_tiny_preset(tiny_server):
@@ -81,16 +87,27 @@ def test_status_reports_the_tiny_preset(tiny_server):
 def test_segment_image_several_prompts_well_formed(tiny_server, photo):
     prompts = [
         common_pb2.Prompt(text="a red square"),
-        common_pb2.Prompt(boxes=[common_pb2.LabeledBox(
-            box=common_pb2.Box(x_min=30, y_min=40, x_max=130, y_max=160))]),
-        common_pb2.Prompt(text="a disc", boxes=[common_pb2.LabeledBox(
-            box=common_pb2.Box(x_min=180, y_min=80, x_max=280, y_max=180))]),
+        common_pb2.Prompt(
+            boxes=[
+                common_pb2.LabeledBox(box=common_pb2.Box(x_min=30, y_min=40, x_max=130, y_max=160))
+            ]
+        ),
+        common_pb2.Prompt(
+            text="a disc",
+            boxes=[
+                common_pb2.LabeledBox(box=common_pb2.Box(x_min=180, y_min=80, x_max=280, y_max=180))
+            ],
+        ),
         common_pb2.Prompt(points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=80, y=100))]),
     ]
-    reply = tiny_server.segmentation.SegmentImage(pb.SegmentImageRequest(
-        image=common_pb2.Image(content=encode(photo, ".jpg", quality=90)), prompts=prompts,
-        output=common_pb2.OutputOptions(score_threshold=0.0, include_polygons=True)),
-        timeout=120)
+    reply = tiny_server.segmentation.SegmentImage(
+        pb.SegmentImageRequest(
+            image=common_pb2.Image(content=encode(photo, ".jpg", quality=90)),
+            prompts=prompts,
+            output=common_pb2.OutputOptions(score_threshold=0.0, include_polygons=True),
+        ),
+        timeout=120,
+    )
     assert (reply.width, reply.height) == (320, 240)
     assert [r.prompt_index for r in reply.results] == [0, 1, 2, 3]
     total = 0
@@ -106,20 +123,36 @@ def test_segment_image_several_prompts_well_formed(tiny_server, photo):
 
 
 def test_png_masks_and_unsupported_combination(tiny_server, photo):
-    reply = tiny_server.segmentation.SegmentImage(pb.SegmentImageRequest(
-        image=common_pb2.Image(content=encode(photo)),
-        prompts=[common_pb2.Prompt(points=[common_pb2.LabeledPoint(
-            point=common_pb2.Point(x=230, y=130))])],
-        output=common_pb2.OutputOptions(mask_encoding=common_pb2.MASK_ENCODING_PNG,
-                                        score_threshold=0.0)), timeout=120)
+    reply = tiny_server.segmentation.SegmentImage(
+        pb.SegmentImageRequest(
+            image=common_pb2.Image(content=encode(photo)),
+            prompts=[
+                common_pb2.Prompt(
+                    points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=230, y=130))]
+                )
+            ],
+            output=common_pb2.OutputOptions(
+                mask_encoding=common_pb2.MASK_ENCODING_PNG, score_threshold=0.0
+            ),
+        ),
+        timeout=120,
+    )
     (detection,) = reply.results[0].detections
     assert detection.mask.WhichOneof("data") == "png"
     assert_well_formed(detection, 320, 240)
     with pytest.raises(grpc.RpcError) as caught:
-        tiny_server.segmentation.SegmentImage(pb.SegmentImageRequest(
-            image=common_pb2.Image(content=encode(photo)),
-            prompts=[common_pb2.Prompt(text="a disc", points=[common_pb2.LabeledPoint(
-                point=common_pb2.Point(x=230, y=130))])]), timeout=120)
+        tiny_server.segmentation.SegmentImage(
+            pb.SegmentImageRequest(
+                image=common_pb2.Image(content=encode(photo)),
+                prompts=[
+                    common_pb2.Prompt(
+                        text="a disc",
+                        points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=230, y=130))],
+                    )
+                ],
+            ),
+            timeout=120,
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "supported" in caught.value.details()
 
@@ -131,9 +164,12 @@ def test_second_request_on_the_same_image_skips_the_encoder(tiny_server):
     engine = tiny_server.engine
 
     def segment(text):
-        return tiny_server.segmentation.SegmentImage(pb.SegmentImageRequest(
-            image=common_pb2.Image(content=data), prompts=[common_pb2.Prompt(text=text)]),
-            timeout=120)
+        return tiny_server.segmentation.SegmentImage(
+            pb.SegmentImageRequest(
+                image=common_pb2.Image(content=data), prompts=[common_pb2.Prompt(text=text)]
+            ),
+            timeout=120,
+        )
 
     before = engine.calls["encode_image"]
     first = segment("a square")
@@ -151,18 +187,30 @@ def test_video_upload_prompt_propagate_close(tiny_server, tmp_path):
     video = tiny_server.video
     session = video.UploadVideo(upload_requests(data), timeout=120).session
     assert session.video.frame_count == 5
-    prompted = video.AddPrompt(video_pb.AddPromptRequest(
-        session_id=session.session_id, frame_index=0,
-        prompt=common_pb2.Prompt(points=[common_pb2.LabeledPoint(
-            point=common_pb2.Point(x=22, y=60))])), timeout=120)
+    prompted = video.AddPrompt(
+        video_pb.AddPromptRequest(
+            session_id=session.session_id,
+            frame_index=0,
+            prompt=common_pb2.Prompt(
+                points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=22, y=60))]
+            ),
+        ),
+        timeout=120,
+    )
     assert prompted.frame.frame_index == 0 and len(prompted.object_ids) == 1
     for direction, start, order in (
-            (video_pb.PROPAGATION_DIRECTION_FORWARD, 0, [0, 1, 2, 3, 4]),
-            (video_pb.PROPAGATION_DIRECTION_BACKWARD, 4, [4, 3, 2, 1, 0]),
-            (video_pb.PROPAGATION_DIRECTION_BOTH, 2, [2, 3, 4, 1, 0])):
-        replies = list(video.Propagate(video_pb.PropagateRequest(
-            session_id=session.session_id, direction=direction, start_frame_index=start),
-            timeout=300))
+        (video_pb.PROPAGATION_DIRECTION_FORWARD, 0, [0, 1, 2, 3, 4]),
+        (video_pb.PROPAGATION_DIRECTION_BACKWARD, 4, [4, 3, 2, 1, 0]),
+        (video_pb.PROPAGATION_DIRECTION_BOTH, 2, [2, 3, 4, 1, 0]),
+    ):
+        replies = list(
+            video.Propagate(
+                video_pb.PropagateRequest(
+                    session_id=session.session_id, direction=direction, start_frame_index=start
+                ),
+                timeout=300,
+            )
+        )
         assert [r.frame.frame_index for r in replies] == order
         assert [r.frames_done for r in replies] == list(range(1, 6))
         for reply in replies:
@@ -178,12 +226,28 @@ def test_video_upload_prompt_propagate_close(tiny_server, tmp_path):
 
 
 def test_missing_checkpoint_stops_the_server_with_the_fix(tmp_path):
-    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1",
-               SAM3_GRPC_CHECKPOINT="")
+    env = dict(
+        os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", SAM3_GRPC_CHECKPOINT=""
+    )
     env.pop("SAM3_GRPC_CHECKPOINT")
     result = subprocess.run(
-        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "sam3", "--device", "cpu",
-         "--port", "0"], capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            "-m",
+            "sam3_grpc.cli",
+            "serve",
+            "--model",
+            "sam3",
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode != 0
     assert "facebook/sam3" in result.stderr and "--checkpoint" in result.stderr
     assert "sam3-tiny" in result.stderr

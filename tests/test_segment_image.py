@@ -7,9 +7,9 @@ import os
 import cv2
 import numpy as np
 import pytest
+from helpers import BLUE, GREEN, RED, blank, draw_disc, draw_rect, encode, iou, mask_of
 from pycocotools import mask as coco_mask
 
-from helpers import BLUE, GREEN, RED, blank, draw_disc, draw_rect, encode, iou, mask_of
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
 
@@ -17,8 +17,9 @@ from sam3_grpc.v1 import segmentation_service_pb2 as pb
 def request(image_bytes: bytes, *prompts, **output) -> pb.SegmentImageRequest:
     return pb.SegmentImageRequest(
         image=common_pb2.Image(content=image_bytes),
-        prompts=[p if isinstance(p, common_pb2.Prompt) else common_pb2.Prompt(text=p)
-                 for p in prompts],
+        prompts=[
+            p if isinstance(p, common_pb2.Prompt) else common_pb2.Prompt(text=p) for p in prompts
+        ],
         output=common_pb2.OutputOptions(**output),
     )
 
@@ -61,7 +62,8 @@ def test_rle_is_exactly_what_pycocotools_produces(synthetic_server, scene):
 def test_png_masks_equal_drawn_shapes(synthetic_server, scene):
     image, masks = scene
     reply = synthetic_server.segmentation.SegmentImage(
-        request(encode(image), "blue", mask_encoding=common_pb2.MASK_ENCODING_PNG))
+        request(encode(image), "blue", mask_encoding=common_pb2.MASK_ENCODING_PNG)
+    )
     (detection,) = reply.results[0].detections
     assert detection.mask.WhichOneof("data") == "png"
     np.testing.assert_array_equal(mask_of(detection), masks["disc"])
@@ -70,7 +72,8 @@ def test_png_masks_equal_drawn_shapes(synthetic_server, scene):
 def test_mask_encoding_none_still_returns_boxes_and_areas(synthetic_server, scene):
     image, masks = scene
     reply = synthetic_server.segmentation.SegmentImage(
-        request(encode(image), "blue", mask_encoding=common_pb2.MASK_ENCODING_NONE))
+        request(encode(image), "blue", mask_encoding=common_pb2.MASK_ENCODING_NONE)
+    )
     (detection,) = reply.results[0].detections
     assert not detection.HasField("mask")
     assert detection.area == masks["disc"].sum()
@@ -81,7 +84,8 @@ def test_several_prompts_in_one_request_share_one_encoding(synthetic_server, sce
     engine = synthetic_server.engine
     before = engine.calls["encode_image"]
     reply = synthetic_server.segmentation.SegmentImage(
-        request(encode(image, ".jpg", quality=95), "red", "blue", "green"))
+        request(encode(image, ".jpg", quality=95), "red", "blue", "green")
+    )
     assert engine.calls["encode_image"] == before + 1
     assert [r.prompt_index for r in reply.results] == [0, 1, 2]
     assert len(reply.results[0].detections) == 2
@@ -105,12 +109,15 @@ def test_second_request_on_same_image_hits_the_cache(synthetic_server):
 
 def test_box_and_point_prompts_select_the_region_under_them(synthetic_server, scene):
     image, masks = scene
-    box_prompt = common_pb2.Prompt(boxes=[common_pb2.LabeledBox(
-        box=common_pb2.Box(x_min=148, y_min=8, x_max=172, y_max=32))])
-    point_prompt = common_pb2.Prompt(points=[common_pb2.LabeledPoint(
-        point=common_pb2.Point(x=120, y=100))])
+    box_prompt = common_pb2.Prompt(
+        boxes=[common_pb2.LabeledBox(box=common_pb2.Box(x_min=148, y_min=8, x_max=172, y_max=32))]
+    )
+    point_prompt = common_pb2.Prompt(
+        points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=120, y=100))]
+    )
     reply = synthetic_server.segmentation.SegmentImage(
-        request(encode(image), box_prompt, point_prompt))
+        request(encode(image), box_prompt, point_prompt)
+    )
     (by_box,) = reply.results[0].detections
     (by_point,) = reply.results[1].detections
     np.testing.assert_array_equal(mask_of(by_box), masks["small"])
@@ -131,7 +138,8 @@ def test_min_area_and_max_detections_filter(synthetic_server, scene):
 def test_polygons_trace_the_mask(synthetic_server, scene):
     image, masks = scene
     reply = synthetic_server.segmentation.SegmentImage(
-        request(encode(image), "blue", include_polygons=True, polygon_tolerance=0.0))
+        request(encode(image), "blue", include_polygons=True, polygon_tolerance=0.0)
+    )
     (detection,) = reply.results[0].detections
     assert len(detection.polygons) == 1
     points = np.array([[p.x, p.y] for p in detection.polygons[0].points], np.int32)
@@ -139,7 +147,8 @@ def test_polygons_trace_the_mask(synthetic_server, scene):
     cv2.fillPoly(filled, [points], 1)
     assert iou(filled.astype(bool), masks["disc"]) >= 0.97
     coarse = synthetic_server.segmentation.SegmentImage(
-        request(encode(image), "blue", include_polygons=True, polygon_tolerance=5.0))
+        request(encode(image), "blue", include_polygons=True, polygon_tolerance=5.0)
+    )
     assert len(coarse.results[0].detections[0].polygons[0].points) < len(points)
     plain = synthetic_server.segmentation.SegmentImage(request(encode(image), "blue"))
     assert len(plain.results[0].detections[0].polygons) == 0
@@ -150,7 +159,10 @@ def test_image_by_server_path_inside_media_root(synthetic_server, media_root, sc
     os.makedirs(os.path.join(media_root, "images"), exist_ok=True)
     with open(os.path.join(media_root, "images", "scene.png"), "wb") as handle:
         handle.write(encode(image))
-    reply = synthetic_server.segmentation.SegmentImage(pb.SegmentImageRequest(
-        image=common_pb2.Image(path="images/scene.png"),
-        prompts=[common_pb2.Prompt(text="blue")]))
+    reply = synthetic_server.segmentation.SegmentImage(
+        pb.SegmentImageRequest(
+            image=common_pb2.Image(path="images/scene.png"),
+            prompts=[common_pb2.Prompt(text="blue")],
+        )
+    )
     np.testing.assert_array_equal(mask_of(reply.results[0].detections[0]), masks["disc"])

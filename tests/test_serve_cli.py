@@ -28,9 +28,13 @@ def test_defaults_match_the_settings_dataclass():
 
 
 def test_flags_and_environment(monkeypatch, tmp_path):
-    env = {"SAM3_GRPC_QUEUE_SIZE": "7", "SAM3_GRPC_MODEL": "synthetic",
-           "SAM3_GRPC_MEDIA_ROOTS": os.pathsep.join([str(tmp_path), "/srv"]),
-           "SAM3_GRPC_MAX_UPLOAD_BYTES": "1G", "SAM3_GRPC_SESSION_TTL": "60"}
+    env = {
+        "SAM3_GRPC_QUEUE_SIZE": "7",
+        "SAM3_GRPC_MODEL": "synthetic",
+        "SAM3_GRPC_MEDIA_ROOTS": os.pathsep.join([str(tmp_path), "/srv"]),
+        "SAM3_GRPC_MAX_UPLOAD_BYTES": "1G",
+        "SAM3_GRPC_SESSION_TTL": "60",
+    }
     settings = parse(["--port", "6000", "--grace", "3"], env, monkeypatch)
     assert settings.queue_size == 7 and settings.model == "synthetic"
     assert settings.media_roots == (str(tmp_path), "/srv")
@@ -45,23 +49,56 @@ def test_help_documents_every_flag_with_its_variable(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     text = capsys.readouterr().out
-    for name in ("--queue-size", "--media-root", "--model", "--device", "--grace",
-                 "--max-upload-bytes", "--session-ttl"):
+    for name in (
+        "--queue-size",
+        "--media-root",
+        "--model",
+        "--device",
+        "--grace",
+        "--max-upload-bytes",
+        "--session-ttl",
+    ):
         assert name in text
     assert "SAM3_GRPC_QUEUE_SIZE" in text and "SAM3_GRPC_SESSION_TTL" in text
 
 
 def test_invalid_setting_is_a_usage_error():
-    result = subprocess.run([sys.executable, "-m", "sam3_grpc.cli", "serve", "--queue-size", "0",
-                             "--model", "synthetic"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam3_grpc.cli",
+            "serve",
+            "--queue-size",
+            "0",
+            "--model",
+            "synthetic",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "--queue-size must be positive" in result.stderr
 
 
 def test_serve_then_sigterm_exits_cleanly():
     process = subprocess.Popen(
-        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic", "--port", "0",
-         "--grace", "2"], stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sam3_grpc.cli",
+            "serve",
+            "--model",
+            "synthetic",
+            "--port",
+            "0",
+            "--grace",
+            "2",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = None
         for line in process.stderr:
@@ -73,7 +110,8 @@ def test_serve_then_sigterm_exits_cleanly():
         assert port, "the server never said where it listens"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=5)
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         process.send_signal(signal.SIGTERM)
         rest = process.stderr.read()

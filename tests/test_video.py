@@ -11,11 +11,20 @@ import time
 import grpc
 import numpy as np
 import pytest
-
 from helpers import (
-    BLUE, RED, Gate, blank, disc_clip, draw_disc, encode, iou, mask_of, write_frame_folder,
+    BLUE,
+    RED,
+    Gate,
+    blank,
+    disc_clip,
+    draw_disc,
+    encode,
+    iou,
+    mask_of,
+    write_frame_folder,
     write_video,
 )
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import common_pb2, segmentation_service_pb2
 from sam3_grpc.v1 import video_service_pb2 as pb
@@ -27,31 +36,43 @@ CHUNK = 4096
 
 
 def upload_requests(data: bytes, *, filename="clip.avi", size=None, sha256=None, chunk=CHUNK):
-    yield pb.UploadVideoRequest(metadata=pb.UploadVideoMetadata(
-        filename=filename, size_bytes=len(data) if size is None else size,
-        sha256=hashlib.sha256(data).hexdigest() if sha256 is None else sha256))
+    yield pb.UploadVideoRequest(
+        metadata=pb.UploadVideoMetadata(
+            filename=filename,
+            size_bytes=len(data) if size is None else size,
+            sha256=hashlib.sha256(data).hexdigest() if sha256 is None else sha256,
+        )
+    )
     for offset in range(0, len(data), chunk):
-        yield pb.UploadVideoRequest(chunk=data[offset:offset + chunk])
+        yield pb.UploadVideoRequest(chunk=data[offset : offset + chunk])
 
 
 def upload(server, path, **kwargs) -> pb.Session:
     with open(path, "rb") as handle:
         data = handle.read()
-    reply = server.video.UploadVideo(upload_requests(data, filename=os.path.basename(path),
-                                                     **kwargs), timeout=60)
+    reply = server.video.UploadVideo(
+        upload_requests(data, filename=os.path.basename(path), **kwargs), timeout=60
+    )
     assert reply.received_bytes == len(data)
     return reply.session
 
 
 def add_text(server, session_id, text="red", frame=0, **output):
-    return server.video.AddPrompt(pb.AddPromptRequest(
-        session_id=session_id, frame_index=frame, prompt=common_pb2.Prompt(text=text),
-        output=common_pb2.OutputOptions(**output)), timeout=30)
+    return server.video.AddPrompt(
+        pb.AddPromptRequest(
+            session_id=session_id,
+            frame_index=frame,
+            prompt=common_pb2.Prompt(text=text),
+            output=common_pb2.OutputOptions(**output),
+        ),
+        timeout=30,
+    )
 
 
 def propagate(server, session_id, **fields):
-    return list(server.video.Propagate(pb.PropagateRequest(session_id=session_id, **fields),
-                                       timeout=60))
+    return list(
+        server.video.Propagate(pb.PropagateRequest(session_id=session_id, **fields), timeout=60)
+    )
 
 
 def upload_files(server) -> list[str]:
@@ -102,10 +123,12 @@ def test_upload_prompt_and_propagate_forward(synthetic_server, session, clip):
 def test_propagate_backward_and_both(synthetic_server, session, clip):
     _, masks = clip
     add_text(synthetic_server, session.session_id, frame=11)
-    assert_frames_match(propagate(synthetic_server, session.session_id, direction=BACKWARD),
-                        masks, list(range(11, -1, -1)))
-    replies = propagate(synthetic_server, session.session_id, direction=BOTH,
-                        start_frame_index=5)
+    assert_frames_match(
+        propagate(synthetic_server, session.session_id, direction=BACKWARD),
+        masks,
+        list(range(11, -1, -1)),
+    )
+    replies = propagate(synthetic_server, session.session_id, direction=BOTH, start_frame_index=5)
     assert_frames_match(replies, masks, [5, 6, 7, 8, 9, 10, 11, 4, 3, 2, 1, 0])
 
 
@@ -114,8 +137,9 @@ def test_max_frames_and_start_frame(synthetic_server, session, clip):
     add_text(synthetic_server, session.session_id, frame=2)
     replies = propagate(synthetic_server, session.session_id, max_frames=4)
     assert_frames_match(replies, masks, [2, 3, 4, 5])
-    replies = propagate(synthetic_server, session.session_id, direction=BACKWARD,
-                        start_frame_index=6, max_frames=3)
+    replies = propagate(
+        synthetic_server, session.session_id, direction=BACKWARD, start_frame_index=6, max_frames=3
+    )
     assert_frames_match(replies, masks, [6, 5, 4])
 
 
@@ -127,9 +151,11 @@ def test_start_session_from_media_root_frame_folder(synthetic_server, media_root
     assert session.video.frame_count == 12 and not session.uploaded
     try:
         add_text(synthetic_server, session.session_id, mask_encoding=common_pb2.MASK_ENCODING_PNG)
-        replies = propagate(synthetic_server, session.session_id,
-                            output=common_pb2.OutputOptions(
-                                mask_encoding=common_pb2.MASK_ENCODING_PNG))
+        replies = propagate(
+            synthetic_server,
+            session.session_id,
+            output=common_pb2.OutputOptions(mask_encoding=common_pb2.MASK_ENCODING_PNG),
+        )
         assert [r.frame.frame_index for r in replies] == list(range(12))
         for reply in replies:
             assert iou(mask_of(reply.frame.objects[0]), masks[reply.frame.frame_index]) >= 0.97
@@ -151,19 +177,20 @@ def test_refine_remove_and_reset(synthetic_server, tmp_path):
     sid = session.session_id
     video = synthetic_server.video
     red_id = add_text(synthetic_server, sid, "red").object_ids[0]
-    click = common_pb2.Prompt(points=[common_pb2.LabeledPoint(
-        point=common_pb2.Point(x=110, y=85))])
-    blue_reply = video.AddPrompt(pb.AddPromptRequest(session_id=sid, frame_index=2,
-                                                     prompt=click))
+    click = common_pb2.Prompt(points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=110, y=85))])
+    blue_reply = video.AddPrompt(pb.AddPromptRequest(session_id=sid, frame_index=2, prompt=click))
     (blue_id,) = blue_reply.object_ids
     assert blue_id != red_id
-    assert sorted(video.GetSession(pb.GetSessionRequest(session_id=sid)).session.object_ids) == \
-        sorted([red_id, blue_id])
+    assert sorted(
+        video.GetSession(pb.GetSessionRequest(session_id=sid)).session.object_ids
+    ) == sorted([red_id, blue_id])
     # Refine the red object with a click on the blue disc: it now follows the blue disc.
-    refine = common_pb2.Prompt(points=[common_pb2.LabeledPoint(
-        point=common_pb2.Point(x=120, y=85))])
-    refined = video.AddPrompt(pb.AddPromptRequest(session_id=sid, frame_index=0, prompt=refine,
-                                                  object_id=red_id))
+    refine = common_pb2.Prompt(
+        points=[common_pb2.LabeledPoint(point=common_pb2.Point(x=120, y=85))]
+    )
+    refined = video.AddPrompt(
+        pb.AddPromptRequest(session_id=sid, frame_index=0, prompt=refine, object_id=red_id)
+    )
     assert list(refined.object_ids) == [red_id]
     after_remove = video.RemoveObject(pb.RemoveObjectRequest(session_id=sid, object_id=red_id))
     assert list(after_remove.session.object_ids) == [blue_id]
@@ -184,24 +211,53 @@ def test_session_errors(synthetic_server, session):
     video = synthetic_server.video
     sid = session.session_id
     cases = [
-        (lambda: propagate(synthetic_server, sid), grpc.StatusCode.FAILED_PRECONDITION,
-         "AddPrompt"),
-        (lambda: add_text(synthetic_server, sid, frame=12), grpc.StatusCode.INVALID_ARGUMENT,
-         "outside the video"),
-        (lambda: video.AddPrompt(pb.AddPromptRequest(session_id=sid, prompt=common_pb2.Prompt())),
-         grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-        (lambda: video.AddPrompt(pb.AddPromptRequest(session_id=sid)),
-         grpc.StatusCode.INVALID_ARGUMENT, "prompt is missing"),
-        (lambda: video.AddPrompt(pb.AddPromptRequest(
-            session_id=sid, prompt=common_pb2.Prompt(text="red"), object_id=99)),
-         grpc.StatusCode.INVALID_ARGUMENT, "not tracked"),
-        (lambda: video.RemoveObject(pb.RemoveObjectRequest(session_id=sid, object_id=99)),
-         grpc.StatusCode.INVALID_ARGUMENT, "not tracked"),
-        (lambda: video.GetSession(pb.GetSessionRequest(session_id="nope")),
-         grpc.StatusCode.NOT_FOUND, "no session"),
+        (
+            lambda: propagate(synthetic_server, sid),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "AddPrompt",
+        ),
+        (
+            lambda: add_text(synthetic_server, sid, frame=12),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "outside the video",
+        ),
+        (
+            lambda: video.AddPrompt(
+                pb.AddPromptRequest(session_id=sid, prompt=common_pb2.Prompt())
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty",
+        ),
+        (
+            lambda: video.AddPrompt(pb.AddPromptRequest(session_id=sid)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompt is missing",
+        ),
+        (
+            lambda: video.AddPrompt(
+                pb.AddPromptRequest(
+                    session_id=sid, prompt=common_pb2.Prompt(text="red"), object_id=99
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not tracked",
+        ),
+        (
+            lambda: video.RemoveObject(pb.RemoveObjectRequest(session_id=sid, object_id=99)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not tracked",
+        ),
+        (
+            lambda: video.GetSession(pb.GetSessionRequest(session_id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            "no session",
+        ),
         (lambda: add_text(synthetic_server, "nope"), grpc.StatusCode.NOT_FOUND, "no session"),
-        (lambda: propagate(synthetic_server, sid, start_frame_index=40),
-         grpc.StatusCode.FAILED_PRECONDITION, "AddPrompt"),
+        (
+            lambda: propagate(synthetic_server, sid, start_frame_index=40),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "AddPrompt",
+        ),
     ]
     for call, code, fragment in cases:
         with pytest.raises(grpc.RpcError) as caught:
@@ -256,7 +312,8 @@ def test_segment_image_is_served_between_propagation_frames(start_server, tmp_pa
 
 def segment_request_for(image) -> segmentation_service_pb2.SegmentImageRequest:
     return segmentation_service_pb2.SegmentImageRequest(
-        image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")])
+        image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")]
+    )
 
 
 def test_cancel_mid_stream_stops_computation_and_keeps_session(start_server, tmp_path):
@@ -270,8 +327,9 @@ def test_cancel_mid_stream_stops_computation_and_keeps_session(start_server, tmp
         next(stream)
     stream.cancel()
     deadline = time.monotonic() + 10
-    while server.video.GetSession(pb.GetSessionRequest(
-            session_id=session.session_id)).session.propagating:
+    while server.video.GetSession(
+        pb.GetSessionRequest(session_id=session.session_id)
+    ).session.propagating:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     steps = engine.calls["propagate_step"]
@@ -313,13 +371,20 @@ def test_slow_reader_pauses_propagation(start_server, tmp_path):
     session = upload(server, write_video(tmp_path / "bp.avi", images))
     add_text(server, session.session_id)
     # A client whose HTTP/2 window stays small, so unread messages hold the server back.
-    channel = grpc.insecure_channel(server.target, options=[
-        ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16 * 1024)])
+    channel = grpc.insecure_channel(
+        server.target,
+        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16 * 1024)],
+    )
     from sam3_grpc.v1 import video_service_pb2_grpc
 
-    stream = video_service_pb2_grpc.VideoServiceStub(channel).Propagate(pb.PropagateRequest(
-        session_id=session.session_id, output=common_pb2.OutputOptions(
-            mask_encoding=common_pb2.MASK_ENCODING_PNG, include_polygons=True)))
+    stream = video_service_pb2_grpc.VideoServiceStub(channel).Propagate(
+        pb.PropagateRequest(
+            session_id=session.session_id,
+            output=common_pb2.OutputOptions(
+                mask_encoding=common_pb2.MASK_ENCODING_PNG, include_polygons=True
+            ),
+        )
+    )
     next(stream)
     previous = -1
     while engine.calls["propagate_step"] != previous:  # wait for the producer to stall
@@ -338,17 +403,29 @@ def test_upload_limits_and_integrity(start_server, clip_file):
     server = start_server(SyntheticEngine(), max_upload_bytes=limit)
     cases = [
         (upload_requests(data), grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {limit}"),
-        (upload_requests(data[:limit], size=limit - 2000, chunk=512),
-         grpc.StatusCode.INVALID_ARGUMENT, "more than the declared"),
+        (
+            upload_requests(data[:limit], size=limit - 2000, chunk=512),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "more than the declared",
+        ),
         (upload_requests(part, sha256="0" * 64), grpc.StatusCode.DATA_LOSS, "SHA-256"),
-        (upload_requests(part, size=len(part) + 10), grpc.StatusCode.INVALID_ARGUMENT,
-         "incomplete"),
-        (iter([pb.UploadVideoRequest(chunk=b"abc")]), grpc.StatusCode.INVALID_ARGUMENT,
-         "first UploadVideo message"),
+        (
+            upload_requests(part, size=len(part) + 10),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "incomplete",
+        ),
+        (
+            iter([pb.UploadVideoRequest(chunk=b"abc")]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "first UploadVideo message",
+        ),
         (upload_requests(data[:100], size=0), grpc.StatusCode.INVALID_ARGUMENT, "size_bytes"),
         (upload_requests(part, sha256="xyz"), grpc.StatusCode.INVALID_ARGUMENT, "hex"),
-        (upload_requests(b"\x00not a video" * 100), grpc.StatusCode.INVALID_ARGUMENT,
-         "not a readable video"),
+        (
+            upload_requests(b"\x00not a video" * 100),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not a readable video",
+        ),
     ]
     for requests, code, fragment in cases:
         with pytest.raises(grpc.RpcError) as caught:
@@ -367,21 +444,29 @@ def test_truncated_videos(synthetic_server, clip, tmp_path):
     assert "truncated" in caught.value.details()
     # An AVI cut short still plays up to the cut: the session gets the frames that decode.
     avi = open(write_video(tmp_path / "t.avi", images), "rb").read()
-    reply = synthetic_server.video.UploadVideo(upload_requests(avi[: len(avi) * 2 // 3]),
-                                               timeout=30)
+    reply = synthetic_server.video.UploadVideo(
+        upload_requests(avi[: len(avi) * 2 // 3]), timeout=30
+    )
     assert 0 < reply.session.video.frame_count < 12
     add_text(synthetic_server, reply.session.session_id)
     frames = propagate(synthetic_server, reply.session.session_id)
     assert len(frames) == reply.session.video.frame_count
-    synthetic_server.video.CloseSession(pb.CloseSessionRequest(
-        session_id=reply.session.session_id))
+    synthetic_server.video.CloseSession(pb.CloseSessionRequest(session_id=reply.session.session_id))
 
 
 def test_metadata_past_the_limit_is_refused_before_any_byte(start_server):
     server = start_server(SyntheticEngine(), max_upload_bytes=1000)
     with pytest.raises(grpc.RpcError) as caught:
-        server.video.UploadVideo(iter([pb.UploadVideoRequest(metadata=pb.UploadVideoMetadata(
-            filename="big.mp4", size_bytes=10**12))]), timeout=30)
+        server.video.UploadVideo(
+            iter(
+                [
+                    pb.UploadVideoRequest(
+                        metadata=pb.UploadVideoMetadata(filename="big.mp4", size_bytes=10**12)
+                    )
+                ]
+            ),
+            timeout=30,
+        )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -440,11 +525,22 @@ def test_media_root_path_traversal_table(start_server, tmp_path, clip):
     (root / "empty_dir").mkdir()
     server = start_server(SyntheticEngine(), media_roots=(str(root),))
     video = server.video
-    assert video.StartSession(pb.StartSessionRequest(video_path="ok.avi")).session.video \
-        .frame_count == 3
-    refused = ["../outside.avi", str(tmp_path / "outside.avi"), "../videos_evil/evil.avi",
-               str(sibling / "evil.avi"), "link.avi", "fifo.avi", "missing.avi", "/dev/zero",
-               "", "ok.avi/../../outside.avi"]
+    assert (
+        video.StartSession(pb.StartSessionRequest(video_path="ok.avi")).session.video.frame_count
+        == 3
+    )
+    refused = [
+        "../outside.avi",
+        str(tmp_path / "outside.avi"),
+        "../videos_evil/evil.avi",
+        str(sibling / "evil.avi"),
+        "link.avi",
+        "fifo.avi",
+        "missing.avi",
+        "/dev/zero",
+        "",
+        "ok.avi/../../outside.avi",
+    ]
     replies = set()
     for path in refused:
         with pytest.raises(grpc.RpcError) as caught:
@@ -533,11 +629,13 @@ def test_concurrent_propagations_share_the_device_round_robin(start_server, tmp_
     sessions = [upload(server, path) for _ in range(2)]
     for session in sessions:
         add_text(server, session.session_id)
-    streams = [server.video.Propagate(pb.PropagateRequest(session_id=s.session_id))
-               for s in sessions]
+    streams = [
+        server.video.Propagate(pb.PropagateRequest(session_id=s.session_id)) for s in sessions
+    ]
     counts = []
-    threads = [threading.Thread(target=lambda s=s: counts.append(sum(1 for _ in s)))
-               for s in streams]
+    threads = [
+        threading.Thread(target=lambda s=s: counts.append(sum(1 for _ in s))) for s in streams
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -549,7 +647,7 @@ def test_concurrent_propagations_share_the_device_round_robin(start_server, tmp_
     # more than a couple of steps in a row: the FIFO queue alternates between the two producers.
     second_start = min(owners.index(o) for o in set(owners) if o != owners[0])
     first_end = max(i for i, o in enumerate(owners) if o != owners[-1])
-    both_running = owners[second_start: first_end + 1]
+    both_running = owners[second_start : first_end + 1]
     runs, current = [], 1
     for previous, owner in zip(both_running, both_running[1:]):
         if owner == previous:
@@ -623,15 +721,24 @@ def test_session_started_for_a_caller_who_left_is_freed(start_server, clip_file)
     assert server.video.ListSessions(pb.ListSessionsRequest()).sessions == []
 
 
-@pytest.mark.parametrize("extension,fourcc,min_iou", [
-    (".mp4", "mp4v", 0.9), (".mov", "mp4v", 0.9), (".mkv", "FFV1", 0.99), (".webm", "VP80", 0.85),
-    (".avi", "MJPG", 0.85), (".flv", "FLV1", 0.85),
-])
-def test_every_documented_container_is_accepted(synthetic_server, tmp_path, clip, extension,
-                                                fourcc, min_iou):
+@pytest.mark.parametrize(
+    "extension,fourcc,min_iou",
+    [
+        (".mp4", "mp4v", 0.9),
+        (".mov", "mp4v", 0.9),
+        (".mkv", "FFV1", 0.99),
+        (".webm", "VP80", 0.85),
+        (".avi", "MJPG", 0.85),
+        (".flv", "FLV1", 0.85),
+    ],
+)
+def test_every_documented_container_is_accepted(
+    synthetic_server, tmp_path, clip, extension, fourcc, min_iou
+):
     images, masks = clip
-    session = upload(synthetic_server, write_video(tmp_path / f"clip{extension}", images,
-                                                   fourcc=fourcc))
+    session = upload(
+        synthetic_server, write_video(tmp_path / f"clip{extension}", images, fourcc=fourcc)
+    )
     try:
         assert session.video.frame_count == 12
         add_text(synthetic_server, session.session_id)

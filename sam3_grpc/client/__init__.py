@@ -49,9 +49,9 @@ if TYPE_CHECKING:
         CacheStatus,
         Detection,
         FrameResult,
-        PropagateFrame,
         Prompt,
         PromptResult,
+        PropagateFrame,
         QueueStatus,
         SegmentResult,
         ServerPath,
@@ -99,9 +99,15 @@ __all__ = [
 ]
 
 _MODULES = {
-    "AsyncPropagateStream": "aio", "AsyncSam3Client": "aio", "AsyncVideoSession": "aio",
-    "PropagateStream": "client", "Sam3Client": "client", "VideoSession": "client",
-    "Sam3Pool": "pool", "NO_RETRY": "retry", "RetryPolicy": "retry",
+    "AsyncPropagateStream": "aio",
+    "AsyncSam3Client": "aio",
+    "AsyncVideoSession": "aio",
+    "PropagateStream": "client",
+    "Sam3Client": "client",
+    "VideoSession": "client",
+    "Sam3Pool": "pool",
+    "NO_RETRY": "retry",
+    "RetryPolicy": "retry",
 }
 
 

@@ -16,9 +16,9 @@ from sam3_grpc.client.types import (
     CacheStatus,
     Detection,
     FrameResult,
-    PropagateFrame,
     Prompt,
     PromptResult,
+    PropagateFrame,
     QueueStatus,
     SegmentResult,
     ServerPath,
@@ -81,11 +81,16 @@ def output_options(
     try:
         encoding = MASK_ENCODINGS[mask_encoding.lower()]
     except KeyError:
-        raise ValueError(f"mask_encoding must be one of {sorted(MASK_ENCODINGS)}, "
-                         f"got {mask_encoding!r}") from None
+        raise ValueError(
+            f"mask_encoding must be one of {sorted(MASK_ENCODINGS)}, got {mask_encoding!r}"
+        ) from None
     options = common_pb2.OutputOptions(
-        mask_encoding=encoding, include_polygons=include_polygons,
-        polygon_tolerance=polygon_tolerance, min_area=min_area, max_detections=max_detections)
+        mask_encoding=encoding,
+        include_polygons=include_polygons,
+        polygon_tolerance=polygon_tolerance,
+        min_area=min_area,
+        max_detections=max_detections,
+    )
     if score_threshold is not None:
         options.score_threshold = score_threshold
     return options
@@ -100,10 +105,15 @@ def direction_to_proto(value: str) -> int:
 
 def _encode_array(array: np.ndarray) -> bytes:
     """PNG bytes of an (H, W, 3) RGB or (H, W) grey uint8 array, with OpenCV else Pillow."""
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
-            array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError("a numpy image must be uint8 of shape (H, W, 3) RGB, (H, W, 4) RGBA or "
-                         f"(H, W) grey; got {array.dtype} {array.shape}")
+    if (
+        array.dtype != np.uint8
+        or array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[2] not in (3, 4))
+    ):
+        raise ValueError(
+            "a numpy image must be uint8 of shape (H, W, 3) RGB, (H, W, 4) RGBA or "
+            f"(H, W) grey; got {array.dtype} {array.shape}"
+        )
     try:
         import cv2
     except ImportError:
@@ -119,9 +129,10 @@ def _encode_array(array: np.ndarray) -> bytes:
     try:
         from PIL import Image
     except ImportError as exc:
-        raise ImportError("sending a numpy image needs opencv-python-headless or pillow "
-                          "(pip install 'sam3-grpc[client]'); or pass encoded bytes or a path"
-                          ) from exc
+        raise ImportError(
+            "sending a numpy image needs opencv-python-headless or pillow "
+            "(pip install 'sam3-grpc[client]'); or pass encoded bytes or a path"
+        ) from exc
     return _encode_pil(Image.fromarray(array))
 
 
@@ -144,47 +155,83 @@ def image_to_proto(image: Any) -> common_pb2.Image:
         return common_pb2.Image(content=_encode_array(image))
     if type(image).__module__.startswith("PIL."):
         return common_pb2.Image(content=_encode_pil(image))
-    raise TypeError("image must be a path, encoded bytes, a numpy array, a PIL image or a "
-                    f"ServerPath, not {type(image).__name__}")
+    raise TypeError(
+        "image must be a path, encoded bytes, a numpy array, a PIL image or a "
+        f"ServerPath, not {type(image).__name__}"
+    )
 
 
-def segment_request(image: Any, prompts: Sequence[Prompt], *, mask_encoding: str = "rle",
-                    include_polygons: bool = False, polygon_tolerance: float = 0.0,
-                    score_threshold: float | None = None, min_area: int = 0,
-                    max_detections: int = 0):
+def segment_request(
+    image: Any,
+    prompts: Sequence[Prompt],
+    *,
+    mask_encoding: str = "rle",
+    include_polygons: bool = False,
+    polygon_tolerance: float = 0.0,
+    score_threshold: float | None = None,
+    min_area: int = 0,
+    max_detections: int = 0,
+):
     from sam3_grpc.v1 import segmentation_service_pb2
 
     return segmentation_service_pb2.SegmentImageRequest(
         image=image if isinstance(image, common_pb2.Image) else image_to_proto(image),
         prompts=[prompt_to_proto(p) for p in prompts],
-        output=output_options(mask_encoding, include_polygons, polygon_tolerance,
-                              score_threshold, min_area, max_detections))
+        output=output_options(
+            mask_encoding,
+            include_polygons,
+            polygon_tolerance,
+            score_threshold,
+            min_area,
+            max_detections,
+        ),
+    )
 
 
-def add_prompt_request(session_id: str, frame_index: int, prompt: Prompt, *,
-                       object_id: int | None = None, **output: Any):
+def add_prompt_request(
+    session_id: str,
+    frame_index: int,
+    prompt: Prompt,
+    *,
+    object_id: int | None = None,
+    **output: Any,
+):
     request = video_service_pb2.AddPromptRequest(
-        session_id=session_id, frame_index=frame_index, prompt=prompt_to_proto(prompt),
-        output=output_options(**output))
+        session_id=session_id,
+        frame_index=frame_index,
+        prompt=prompt_to_proto(prompt),
+        output=output_options(**output),
+    )
     if object_id is not None:
         request.object_id = object_id
     return request
 
 
-def propagate_request(session_id: str, *, direction: str = "forward",
-                      start_frame_index: int | None = None, max_frames: int = 0,
-                      **output: Any):
+def propagate_request(
+    session_id: str,
+    *,
+    direction: str = "forward",
+    start_frame_index: int | None = None,
+    max_frames: int = 0,
+    **output: Any,
+):
     request = video_service_pb2.PropagateRequest(
-        session_id=session_id, direction=direction_to_proto(direction),
-        max_frames=max_frames, output=output_options(**output))
+        session_id=session_id,
+        direction=direction_to_proto(direction),
+        max_frames=max_frames,
+        output=output_options(**output),
+    )
     if start_frame_index is not None:
         request.start_frame_index = start_frame_index
     return request
 
 
 def upload_metadata(path: str, size: int, sha256: str):
-    return video_service_pb2.UploadVideoRequest(metadata=video_service_pb2.UploadVideoMetadata(
-        filename=os.path.basename(path), size_bytes=size, sha256=sha256))
+    return video_service_pb2.UploadVideoRequest(
+        metadata=video_service_pb2.UploadVideoMetadata(
+            filename=os.path.basename(path), size_bytes=size, sha256=sha256
+        )
+    )
 
 
 # ----- responses -----------------------------------------------------------------------------
@@ -199,8 +246,10 @@ def detection_from_proto(message: common_pb2.Detection) -> Detection:
         area=message.area,
         width=mask.width,
         height=mask.height,
-        polygons=[np.array([(p.x, p.y) for p in polygon.points], np.float32).reshape(-1, 2)
-                  for polygon in message.polygons],
+        polygons=[
+            np.array([(p.x, p.y) for p in polygon.points], np.float32).reshape(-1, 2)
+            for polygon in message.polygons
+        ],
         rle_counts=mask.rle_counts if which == "rle_counts" else None,
         png=mask.png if which == "png" else None,
     )
@@ -217,18 +266,21 @@ def segment_result_from_proto(response, prompts: Sequence[Prompt]) -> SegmentRes
     results = []
     for result in response.results:
         index = result.prompt_index
-        detections = _fill_sizes([detection_from_proto(d) for d in result.detections],
-                                 response.width, response.height)
+        detections = _fill_sizes(
+            [detection_from_proto(d) for d in result.detections], response.width, response.height
+        )
         prompt = prompts[index] if index < len(prompts) else Prompt()
         results.append(PromptResult(index, prompt, detections))
     return SegmentResult(response.width, response.height, results, response.cache_hit)
 
 
-def frame_from_proto(message: common_pb2.FrameResult, width: int = 0,
-                     height: int = 0) -> FrameResult:
-    return FrameResult(message.frame_index,
-                       _fill_sizes([detection_from_proto(d) for d in message.objects],
-                                   width, height))
+def frame_from_proto(
+    message: common_pb2.FrameResult, width: int = 0, height: int = 0
+) -> FrameResult:
+    return FrameResult(
+        message.frame_index,
+        _fill_sizes([detection_from_proto(d) for d in message.objects], width, height),
+    )
 
 
 def add_prompt_result_from_proto(response) -> AddPromptResult:
@@ -238,8 +290,9 @@ def add_prompt_result_from_proto(response) -> AddPromptResult:
 
 def propagate_frame_from_proto(response) -> PropagateFrame:
     frame = frame_from_proto(response.frame)
-    return PropagateFrame(frame.frame_index, frame.objects, response.frames_done,
-                          response.frames_total)
+    return PropagateFrame(
+        frame.frame_index, frame.objects, response.frames_done, response.frames_total
+    )
 
 
 def _time(message, has: bool) -> datetime.datetime | None:
@@ -267,8 +320,9 @@ def session_from_proto(message: video_service_pb2.Session, target: str = "") -> 
     )
 
 
-def status_from_proto(message: status_service_pb2.GetServerStatusResponse,
-                      target: str = "") -> ServerStatus:
+def status_from_proto(
+    message: status_service_pb2.GetServerStatusResponse, target: str = ""
+) -> ServerStatus:
     queue, cache, memory = message.queue, message.cache, message.memory
     return ServerStatus(
         model_name=message.model_name,
@@ -284,8 +338,14 @@ def status_from_proto(message: status_service_pb2.GetServerStatusResponse,
         session_memory_bytes=message.session_memory_bytes,
         memory_used_bytes=memory.used_bytes,
         memory_total_bytes=memory.total_bytes,
-        queue=QueueStatus(queue.depth, queue.capacity, queue.running, queue.completed,
-                          queue.rejected, queue.dropped),
+        queue=QueueStatus(
+            queue.depth,
+            queue.capacity,
+            queue.running,
+            queue.completed,
+            queue.rejected,
+            queue.dropped,
+        ),
         cache=CacheStatus(cache.entries, cache.capacity, cache.hits, cache.misses, cache.bytes),
         target=target,
     )

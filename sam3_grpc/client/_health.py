@@ -19,7 +19,8 @@ def messages():
     """(HealthCheckRequest, HealthCheckResponse) classes."""
     field = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(
-        name="sam3_grpc_client/health.proto", package="grpc.health.v1", syntax="proto3")
+        name="sam3_grpc_client/health.proto", package="grpc.health.v1", syntax="proto3"
+    )
     request = file.message_type.add(name="HealthCheckRequest")
     request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
     response = file.message_type.add(name="HealthCheckResponse")
@@ -27,8 +28,10 @@ def messages():
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return (
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(
-            "grpc.health.v1.HealthCheckRequest")),
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(
-            "grpc.health.v1.HealthCheckResponse")),
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")
+        ),
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")
+        ),
     )

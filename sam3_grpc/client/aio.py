@@ -32,8 +32,8 @@ from sam3_grpc.client.errors import NotFoundError, Sam3Error, from_rpc_error
 from sam3_grpc.client.retry import RetryPolicy
 from sam3_grpc.client.types import (
     AddPromptResult,
-    PropagateFrame,
     Prompt,
+    PropagateFrame,
     SegmentResult,
     ServerPath,
     ServerStatus,
@@ -103,8 +103,9 @@ class AsyncVideoSession(VideoSession):
     """A session bound to an AsyncSam3Client; its methods are coroutines (propagate returns
     an AsyncPropagateStream)."""
 
-    async def add_prompt(self, frame_index: int, prompt: str | Prompt,
-                         **kwargs: Any) -> AddPromptResult:
+    async def add_prompt(
+        self, frame_index: int, prompt: str | Prompt, **kwargs: Any
+    ) -> AddPromptResult:
         return await self._client.add_prompt(self.session_id, frame_index, prompt, **kwargs)
 
     async def remove_object(self, object_id: int, **kwargs: Any) -> Session:
@@ -148,7 +149,8 @@ class AsyncSam3Client:
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
         self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ())
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
         channel_options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -164,8 +166,10 @@ class AsyncSam3Client:
         self._status = status_service_pb2_grpc.StatusServiceStub(channel)
         request_class, response_class = _health.messages()
         self._health_check = channel.unary_unary(
-            _health.CHECK_METHOD, request_serializer=request_class.SerializeToString,
-            response_deserializer=response_class.FromString)
+            _health.CHECK_METHOD,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
 
     async def close(self) -> None:
         await self._channel.close()
@@ -198,8 +202,11 @@ class AsyncSam3Client:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc, self.target)
-            if policy is None or attempt >= policy.max_attempts or (
-                    error.code not in policy.retryable_codes):
+            if (
+                policy is None
+                or attempt >= policy.max_attempts
+                or (error.code not in policy.retryable_codes)
+            ):
                 raise error
             delay = policy.delay(attempt, error.retry_after)
             if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
@@ -210,32 +217,50 @@ class AsyncSam3Client:
             attempt += 1
 
     # ----- images --------------------------------------------------------------------------
-    async def segment_image(self, image: Any, prompts: str | Prompt | Sequence[str | Prompt],
-                            *, timeout: Any = DEFAULT, **output: Any) -> SegmentResult:
+    async def segment_image(
+        self,
+        image: Any,
+        prompts: str | Prompt | Sequence[str | Prompt],
+        *,
+        timeout: Any = DEFAULT,
+        **output: Any,
+    ) -> SegmentResult:
         """See Sam3Client.segment_image; a path is read in a worker thread."""
         prompt_list = as_prompts(prompts)
         if not isinstance(image, ServerPath) and (
-                isinstance(image, (str, os.PathLike)) or hasattr(image, "shape")
-                or type(image).__module__.startswith("PIL.")):
+            isinstance(image, (str, os.PathLike))
+            or hasattr(image, "shape")
+            or type(image).__module__.startswith("PIL.")
+        ):
             image = await asyncio.to_thread(_convert.image_to_proto, image)
         request = _convert.segment_request(image, prompt_list, **output)
-        response = await self._unary(self._segmentation.SegmentImage, request, timeout=timeout,
-                                     safe=True)
+        response = await self._unary(
+            self._segmentation.SegmentImage, request, timeout=timeout, safe=True
+        )
         return _convert.segment_result_from_proto(response, prompt_list)
 
     # ----- video sessions ------------------------------------------------------------------
-    async def start_session(self, video_path: str | ServerPath, *,
-                            timeout: Any = DEFAULT) -> Session:
+    async def start_session(
+        self, video_path: str | ServerPath, *, timeout: Any = DEFAULT
+    ) -> Session:
         path = video_path.path if isinstance(video_path, ServerPath) else os.fspath(video_path)
         response = await self._unary(
-            self._video.StartSession, video_service_pb2.StartSessionRequest(video_path=path),
-            timeout=timeout, safe=False)
+            self._video.StartSession,
+            video_service_pb2.StartSessionRequest(video_path=path),
+            timeout=timeout,
+            safe=False,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
-    async def upload_video(self, path: str | os.PathLike, *, chunk_size: int = MiB,
-                           sha256: bool | str = True,
-                           progress: Callable[[int, int], None] | None = None,
-                           timeout: float | None = None) -> Session:
+    async def upload_video(
+        self,
+        path: str | os.PathLike,
+        *,
+        chunk_size: int = MiB,
+        sha256: bool | str = True,
+        progress: Callable[[int, int], None] | None = None,
+        timeout: float | None = None,
+    ) -> Session:
         """See Sam3Client.upload_video. Never retried."""
         path = os.fspath(path)
         if chunk_size <= 0:
@@ -263,37 +288,52 @@ class AsyncSam3Client:
                 handle.close()
 
         try:
-            response = await self._video.UploadVideo(requests(), timeout=timeout,
-                                                     metadata=self._metadata)
+            response = await self._video.UploadVideo(
+                requests(), timeout=timeout, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
         return _convert.session_from_proto(response.session, self.target)
 
-    async def add_prompt(self, session_id: str, frame_index: int, prompt: str | Prompt, *,
-                         object_id: int | None = None, timeout: Any = DEFAULT,
-                         **output: Any) -> AddPromptResult:
-        request = _convert.add_prompt_request(session_id, frame_index, as_prompt(prompt),
-                                              object_id=object_id, **output)
-        response = await self._unary(self._video.AddPrompt, request, timeout=timeout,
-                                     safe=False)
+    async def add_prompt(
+        self,
+        session_id: str,
+        frame_index: int,
+        prompt: str | Prompt,
+        *,
+        object_id: int | None = None,
+        timeout: Any = DEFAULT,
+        **output: Any,
+    ) -> AddPromptResult:
+        request = _convert.add_prompt_request(
+            session_id, frame_index, as_prompt(prompt), object_id=object_id, **output
+        )
+        response = await self._unary(self._video.AddPrompt, request, timeout=timeout, safe=False)
         return _convert.add_prompt_result_from_proto(response)
 
-    async def remove_object(self, session_id: str, object_id: int, *,
-                            timeout: Any = DEFAULT) -> Session:
+    async def remove_object(
+        self, session_id: str, object_id: int, *, timeout: Any = DEFAULT
+    ) -> Session:
         response = await self._unary(
             self._video.RemoveObject,
             video_service_pb2.RemoveObjectRequest(session_id=session_id, object_id=object_id),
-            timeout=timeout, safe=False)
+            timeout=timeout,
+            safe=False,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
     async def reset_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
         response = await self._unary(
-            self._video.ResetSession, video_service_pb2.ResetSessionRequest(session_id=session_id),
-            timeout=timeout, safe=True)
+            self._video.ResetSession,
+            video_service_pb2.ResetSessionRequest(session_id=session_id),
+            timeout=timeout,
+            safe=True,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
-    def propagate(self, session_id: str, *, timeout: float | None = None,
-                  **options: Any) -> AsyncPropagateStream:
+    def propagate(
+        self, session_id: str, *, timeout: float | None = None, **options: Any
+    ) -> AsyncPropagateStream:
         """See Sam3Client.propagate; iterate with `async for`."""
         request = _convert.propagate_request(session_id, **options)
         call = self._video.Propagate(request, timeout=timeout, metadata=self._metadata)
@@ -301,30 +341,45 @@ class AsyncSam3Client:
 
     async def get_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
         response = await self._unary(
-            self._video.GetSession, video_service_pb2.GetSessionRequest(session_id=session_id),
-            timeout=timeout, safe=True)
+            self._video.GetSession,
+            video_service_pb2.GetSessionRequest(session_id=session_id),
+            timeout=timeout,
+            safe=True,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
     async def list_sessions(self, *, timeout: Any = DEFAULT) -> list[Session]:
         response = await self._unary(
-            self._video.ListSessions, video_service_pb2.ListSessionsRequest(), timeout=timeout,
-            safe=True)
+            self._video.ListSessions,
+            video_service_pb2.ListSessionsRequest(),
+            timeout=timeout,
+            safe=True,
+        )
         return [_convert.session_from_proto(s, self.target) for s in response.sessions]
 
     async def close_session(self, session_id: str, *, timeout: Any = DEFAULT) -> bool:
         response = await self._unary(
-            self._video.CloseSession, video_service_pb2.CloseSessionRequest(session_id=session_id),
-            timeout=timeout, safe=True)
+            self._video.CloseSession,
+            video_service_pb2.CloseSessionRequest(session_id=session_id),
+            timeout=timeout,
+            safe=True,
+        )
         return response.closed
 
     @contextlib.asynccontextmanager
-    async def session(self, video_path: str | ServerPath | None = None, *,
-                      upload: str | os.PathLike | None = None,
-                      **upload_options: Any) -> AsyncIterator[AsyncVideoSession]:
+    async def session(
+        self,
+        video_path: str | ServerPath | None = None,
+        *,
+        upload: str | os.PathLike | None = None,
+        **upload_options: Any,
+    ) -> AsyncIterator[AsyncVideoSession]:
         """See Sam3Client.session: always closes the session, even when the body raises."""
         if (video_path is None) == (upload is None):
-            raise ValueError("give exactly one of video_path (a video on the server) or "
-                             "upload (a local file to upload)")
+            raise ValueError(
+                "give exactly one of video_path (a video on the server) or "
+                "upload (a local file to upload)"
+            )
         if upload is not None:
             info = await self.upload_video(upload, **upload_options)
         else:
@@ -343,16 +398,20 @@ class AsyncSam3Client:
 
     # ----- server state --------------------------------------------------------------------
     async def status(self, *, timeout: Any = DEFAULT) -> ServerStatus:
-        response = await self._unary(self._status.GetServerStatus,
-                                     status_service_pb2.GetServerStatusRequest(),
-                                     timeout=timeout, safe=True)
+        response = await self._unary(
+            self._status.GetServerStatus,
+            status_service_pb2.GetServerStatusRequest(),
+            timeout=timeout,
+            safe=True,
+        )
         return _convert.status_from_proto(response, self.target)
 
     async def health(self, service: str = "", *, timeout: Any = DEFAULT) -> str:
         request_class, _ = _health.messages()
         try:
-            response = await self._unary(self._health_check, request_class(service=service),
-                                         timeout=timeout, safe=True)
+            response = await self._unary(
+                self._health_check, request_class(service=service), timeout=timeout, safe=True
+            )
         except NotFoundError:
             return "SERVICE_UNKNOWN"
         return _health.STATUS_NAMES.get(response.status, "UNKNOWN")

@@ -18,8 +18,8 @@ from sam3_grpc.client.retry import RetryPolicy
 from sam3_grpc.client.types import (
     AddPromptResult,
     FrameResult,
-    PropagateFrame,
     Prompt,
+    PropagateFrame,
     SegmentResult,
     ServerPath,
     ServerStatus,
@@ -179,8 +179,10 @@ class _SessionContext:
         upload first (UploadVideo; upload_options go to upload_video, e.g. progress=...).
         """
         if (video_path is None) == (upload is None):
-            raise ValueError("give exactly one of video_path (a video on the server) or "
-                             "upload (a local file to upload)")
+            raise ValueError(
+                "give exactly one of video_path (a video on the server) or "
+                "upload (a local file to upload)"
+            )
         if upload is not None:
             info = self.upload_video(upload, **upload_options)
         else:
@@ -236,7 +238,8 @@ class Sam3Client(_SessionContext):
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
         self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ())
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
         channel_options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -254,8 +257,10 @@ class Sam3Client(_SessionContext):
         self._status = status_service_pb2_grpc.StatusServiceStub(channel)
         request_class, response_class = _health.messages()
         self._health_check = channel.unary_unary(
-            _health.CHECK_METHOD, request_serializer=request_class.SerializeToString,
-            response_deserializer=response_class.FromString)
+            _health.CHECK_METHOD,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
         self._closed = False
         self._lock = threading.Lock()
 
@@ -280,8 +285,15 @@ class Sam3Client(_SessionContext):
     def _timeout(self, timeout: Any) -> float | None:
         return self.timeout if timeout is DEFAULT else timeout
 
-    def _unary(self, method: Callable, request: Any, *, timeout: Any, safe: bool,
-               retry: RetryPolicy | None = None) -> Any:
+    def _unary(
+        self,
+        method: Callable,
+        request: Any,
+        *,
+        timeout: Any,
+        safe: bool,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
         """Calls a unary method; safe calls are retried per the retry policy within the
         call's overall deadline."""
         timeout = self._timeout(timeout)
@@ -294,12 +306,14 @@ class Sam3Client(_SessionContext):
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc, self.target)
-            if policy is None or attempt >= policy.max_attempts or (
-                    error.code not in policy.retryable_codes):
+            if (
+                policy is None
+                or attempt >= policy.max_attempts
+                or (error.code not in policy.retryable_codes)
+            ):
                 raise error
             delay = policy.delay(attempt, error.retry_after)
-            if delay is None or (deadline is not None
-                                 and time.monotonic() + delay >= deadline):
+            if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
                 raise error
             if policy.on_retry is not None:
                 policy.on_retry(attempt, error, delay)
@@ -329,11 +343,16 @@ class Sam3Client(_SessionContext):
         """
         prompt_list = as_prompts(prompts)
         request = _convert.segment_request(
-            image, prompt_list, mask_encoding=mask_encoding, include_polygons=include_polygons,
-            polygon_tolerance=polygon_tolerance, score_threshold=score_threshold,
-            min_area=min_area, max_detections=max_detections)
-        response = self._unary(self._segmentation.SegmentImage, request, timeout=timeout,
-                               safe=True)
+            image,
+            prompt_list,
+            mask_encoding=mask_encoding,
+            include_polygons=include_polygons,
+            polygon_tolerance=polygon_tolerance,
+            score_threshold=score_threshold,
+            min_area=min_area,
+            max_detections=max_detections,
+        )
+        response = self._unary(self._segmentation.SegmentImage, request, timeout=timeout, safe=True)
         return _convert.segment_result_from_proto(response, prompt_list)
 
     # ----- video sessions ------------------------------------------------------------------
@@ -341,8 +360,11 @@ class Sam3Client(_SessionContext):
         """Opens a session on a video already on the server (inside its media root)."""
         path = video_path.path if isinstance(video_path, ServerPath) else os.fspath(video_path)
         response = self._unary(
-            self._video.StartSession, video_service_pb2.StartSessionRequest(video_path=path),
-            timeout=timeout, safe=False)
+            self._video.StartSession,
+            video_service_pb2.StartSessionRequest(video_path=path),
+            timeout=timeout,
+            safe=False,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
     def upload_video(
@@ -386,8 +408,7 @@ class Sam3Client(_SessionContext):
                         progress(sent, size)
 
         try:
-            response = self._video.UploadVideo(requests(), timeout=timeout,
-                                               metadata=self._metadata)
+            response = self._video.UploadVideo(requests(), timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
         return _convert.session_from_proto(response.session, self.target)
@@ -410,25 +431,36 @@ class Sam3Client(_SessionContext):
         """Adds a prompt on one frame: new object(s), or with object_id a refinement.
         Returns every object on that frame and the ids this prompt created or refined."""
         request = _convert.add_prompt_request(
-            session_id, frame_index, as_prompt(prompt), object_id=object_id,
-            mask_encoding=mask_encoding, include_polygons=include_polygons,
-            polygon_tolerance=polygon_tolerance, score_threshold=score_threshold,
-            min_area=min_area, max_detections=max_detections)
+            session_id,
+            frame_index,
+            as_prompt(prompt),
+            object_id=object_id,
+            mask_encoding=mask_encoding,
+            include_polygons=include_polygons,
+            polygon_tolerance=polygon_tolerance,
+            score_threshold=score_threshold,
+            min_area=min_area,
+            max_detections=max_detections,
+        )
         response = self._unary(self._video.AddPrompt, request, timeout=timeout, safe=False)
         return _convert.add_prompt_result_from_proto(response)
 
-    def remove_object(self, session_id: str, object_id: int, *,
-                      timeout: Any = DEFAULT) -> Session:
+    def remove_object(self, session_id: str, object_id: int, *, timeout: Any = DEFAULT) -> Session:
         response = self._unary(
             self._video.RemoveObject,
             video_service_pb2.RemoveObjectRequest(session_id=session_id, object_id=object_id),
-            timeout=timeout, safe=False)
+            timeout=timeout,
+            safe=False,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
     def reset_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
         response = self._unary(
-            self._video.ResetSession, video_service_pb2.ResetSessionRequest(session_id=session_id),
-            timeout=timeout, safe=True)
+            self._video.ResetSession,
+            video_service_pb2.ResetSessionRequest(session_id=session_id),
+            timeout=timeout,
+            safe=True,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
     def propagate(
@@ -450,40 +482,61 @@ class Sam3Client(_SessionContext):
         per processed frame. direction: "forward", "backward" or "both". Breaking out of the
         loop (or close()) cancels the stream; the session stays usable."""
         request = _convert.propagate_request(
-            session_id, direction=direction, start_frame_index=start_frame_index,
-            max_frames=max_frames, mask_encoding=mask_encoding,
-            include_polygons=include_polygons, polygon_tolerance=polygon_tolerance,
-            score_threshold=score_threshold, min_area=min_area, max_detections=max_detections)
+            session_id,
+            direction=direction,
+            start_frame_index=start_frame_index,
+            max_frames=max_frames,
+            mask_encoding=mask_encoding,
+            include_polygons=include_polygons,
+            polygon_tolerance=polygon_tolerance,
+            score_threshold=score_threshold,
+            min_area=min_area,
+            max_detections=max_detections,
+        )
         call = self._video.Propagate(request, timeout=timeout, metadata=self._metadata)
         return PropagateStream(call, self.target)
 
     def get_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
         response = self._unary(
-            self._video.GetSession, video_service_pb2.GetSessionRequest(session_id=session_id),
-            timeout=timeout, safe=True)
+            self._video.GetSession,
+            video_service_pb2.GetSessionRequest(session_id=session_id),
+            timeout=timeout,
+            safe=True,
+        )
         return _convert.session_from_proto(response.session, self.target)
 
     def list_sessions(self, *, timeout: Any = DEFAULT) -> list[Session]:
-        response = self._unary(self._video.ListSessions, video_service_pb2.ListSessionsRequest(),
-                               timeout=timeout, safe=True)
+        response = self._unary(
+            self._video.ListSessions,
+            video_service_pb2.ListSessionsRequest(),
+            timeout=timeout,
+            safe=True,
+        )
         return [_convert.session_from_proto(s, self.target) for s in response.sessions]
 
     def close_session(self, session_id: str, *, timeout: Any = DEFAULT) -> bool:
         """Closes a session; False when it was already closed (closing twice is fine)."""
         response = self._unary(
-            self._video.CloseSession, video_service_pb2.CloseSessionRequest(session_id=session_id),
-            timeout=timeout, safe=True)
+            self._video.CloseSession,
+            video_service_pb2.CloseSessionRequest(session_id=session_id),
+            timeout=timeout,
+            safe=True,
+        )
         return response.closed
 
     # ----- server state --------------------------------------------------------------------
     def status(self, *, timeout: Any = DEFAULT) -> ServerStatus:
-        response = self._unary(self._status.GetServerStatus,
-                               status_service_pb2.GetServerStatusRequest(), timeout=timeout,
-                               safe=True)
+        response = self._unary(
+            self._status.GetServerStatus,
+            status_service_pb2.GetServerStatusRequest(),
+            timeout=timeout,
+            safe=True,
+        )
         return _convert.status_from_proto(response, self.target)
 
-    def health(self, service: str = "", *, timeout: Any = DEFAULT,
-               retry: RetryPolicy | None = None) -> str:
+    def health(
+        self, service: str = "", *, timeout: Any = DEFAULT, retry: RetryPolicy | None = None
+    ) -> str:
         """Standard grpc.health.v1 check: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or
         "UNKNOWN". service "" is the whole server; a service the server does not know is
         "SERVICE_UNKNOWN"."""
@@ -491,14 +544,20 @@ class Sam3Client(_SessionContext):
 
         request_class, _ = _health.messages()
         try:
-            response = self._unary(self._health_check, request_class(service=service),
-                                   timeout=timeout, safe=True, retry=retry)
+            response = self._unary(
+                self._health_check,
+                request_class(service=service),
+                timeout=timeout,
+                safe=True,
+                retry=retry,
+            )
         except NotFoundError:  # grpc.health.v1: an unknown service fails with NOT_FOUND
             return "SERVICE_UNKNOWN"
         return _health.STATUS_NAMES.get(response.status, "UNKNOWN")
 
-    def wait_until_serving(self, timeout: float = 60.0, *, service: str = "",
-                           poll_interval: float = 0.5) -> None:
+    def wait_until_serving(
+        self, timeout: float = 60.0, *, service: str = "", poll_interval: float = 0.5
+    ) -> None:
         """Blocks until health reports SERVING (e.g. while the model loads); raises
         DeadlineExceededError after `timeout` seconds."""
         from sam3_grpc.client.errors import DeadlineExceededError
@@ -508,22 +567,22 @@ class Sam3Client(_SessionContext):
         last = "no answer"
         while True:
             try:
-                last = self.health(service, timeout=max(0.1, min(
-                    5.0, deadline - time.monotonic())), retry=NO_RETRY)
+                last = self.health(
+                    service, timeout=max(0.1, min(5.0, deadline - time.monotonic())), retry=NO_RETRY
+                )
                 if last == "SERVING":
                     return
             except Sam3Error as exc:
-                if exc.code not in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 last = exc.message
             if time.monotonic() + poll_interval >= deadline:
                 raise DeadlineExceededError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"{self.target} not SERVING after {timeout:g} s (last: {last})",
-                    target=self.target)
+                    target=self.target,
+                )
             time.sleep(poll_interval)
 
 
-__all__ = ["DEFAULT", "FrameResult", "PropagateStream", "Sam3Client", "VideoSession",
-           "file_sha256"]
+__all__ = ["DEFAULT", "FrameResult", "PropagateStream", "Sam3Client", "VideoSession", "file_sha256"]

@@ -42,64 +42,112 @@ def add_client_commands(subparsers: Any) -> None:
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--server", default=os.environ.get("SAM3_GRPC_SERVER", DEFAULT_SERVER),
+        "--server",
+        default=os.environ.get("SAM3_GRPC_SERVER", DEFAULT_SERVER),
         metavar="HOST:PORT",
-        help=f"server address (env SAM3_GRPC_SERVER; default {DEFAULT_SERVER})")
-    group.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                       help="deadline of each unary call, retries included (default 120: a "
-                            "real model on a CPU is slow); uploads and propagation have none")
-    group.add_argument("--token", default=os.environ.get("SAM3_GRPC_TOKEN"),
-                       help="bearer token sent as 'authorization: Bearer TOKEN' "
-                            "(env SAM3_GRPC_TOKEN)")
-    group.add_argument("--token-file", metavar="PATH",
-                       help="read the bearer token from this file")
-    group.add_argument("--tls", action="store_true",
-                       help="use TLS with the system's root certificates")
-    group.add_argument("--tls-ca", metavar="PEM",
-                       help="use TLS, trusting this CA certificate bundle")
-    group.add_argument("--tls-cert", metavar="PEM",
-                       help="client certificate for mutual TLS (with --tls-key)")
+        help=f"server address (env SAM3_GRPC_SERVER; default {DEFAULT_SERVER})",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="deadline of each unary call, retries included (default 120: a "
+        "real model on a CPU is slow); uploads and propagation have none",
+    )
+    group.add_argument(
+        "--token",
+        default=os.environ.get("SAM3_GRPC_TOKEN"),
+        help="bearer token sent as 'authorization: Bearer TOKEN' (env SAM3_GRPC_TOKEN)",
+    )
+    group.add_argument("--token-file", metavar="PATH", help="read the bearer token from this file")
+    group.add_argument(
+        "--tls", action="store_true", help="use TLS with the system's root certificates"
+    )
+    group.add_argument(
+        "--tls-ca", metavar="PEM", help="use TLS, trusting this CA certificate bundle"
+    )
+    group.add_argument(
+        "--tls-cert", metavar="PEM", help="client certificate for mutual TLS (with --tls-key)"
+    )
     group.add_argument("--tls-key", metavar="PEM", help="client private key for mutual TLS")
-    group.add_argument("--tls-server-name", metavar="NAME",
-                       help="expected server name in its certificate (when it differs from "
-                            "the host in --server)")
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="expected server name in its certificate (when it differs from the host in --server)",
+    )
 
 
 def _add_output_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--score-threshold", type=float, metavar="S",
-                        help="drop detections scoring below S in [0, 1] (default: the model's)")
-    parser.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
-                        help="drop masks smaller than this")
-    parser.add_argument("--max-detections", type=int, default=0, metavar="N",
-                        help="keep at most N detections per prompt/frame (0: server limit)")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        metavar="S",
+        help="drop detections scoring below S in [0, 1] (default: the model's)",
+    )
+    parser.add_argument(
+        "--min-area", type=int, default=0, metavar="PIXELS", help="drop masks smaller than this"
+    )
+    parser.add_argument(
+        "--max-detections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep at most N detections per prompt/frame (0: server limit)",
+    )
 
 
 def _add_prompt_arguments(parser: argparse.ArgumentParser, noun: str) -> None:
-    parser.add_argument("--prompt", "-p", action="append", default=[], metavar="TEXT",
-                        help=f"a text prompt, e.g. 'a dog' (repeatable; each finds every "
-                             f"matching {noun})")
-    parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
-                        help="a box prompt in pixels (repeatable; each is one prompt)")
-    parser.add_argument("--point", action="append", default=[], metavar="X,Y",
-                        help="a click prompt in pixels (repeatable; each is one prompt)")
+    parser.add_argument(
+        "--prompt",
+        "-p",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help=f"a text prompt, e.g. 'a dog' (repeatable; each finds every matching {noun})",
+    )
+    parser.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="X0,Y0,X1,Y1",
+        help="a box prompt in pixels (repeatable; each is one prompt)",
+    )
+    parser.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="a click prompt in pixels (repeatable; each is one prompt)",
+    )
 
 
 def _add_segment(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "segment", help="segment an image with text, box or point prompts",
+        "segment",
+        help="segment an image with text, box or point prompts",
         description="Segment IMAGE and write <stem>_overlay.png (masks tinted, boxes, labels) "
-                    "and <stem>_coco.json (COCO annotations with RLE masks, one category per "
-                    "prompt) into --out. Prompts are sent in the order: every --prompt, then "
-                    "every --box, then every --point.")
+        "and <stem>_coco.json (COCO annotations with RLE masks, one category per "
+        "prompt) into --out. Prompts are sent in the order: every --prompt, then "
+        "every --box, then every --point.",
+    )
     parser.add_argument("image", metavar="IMAGE", help="local image file (JPEG, PNG, WebP...)")
     _add_prompt_arguments(parser, "object")
-    parser.add_argument("--out", "-o", default=".", metavar="DIR",
-                        help="output directory (created if missing; default: current directory)")
-    parser.add_argument("--remote", action="store_true",
-                        help="IMAGE is a path on the server, inside its media root (no "
-                             "overlay is drawn)")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON summary on stdout instead of text")
+    parser.add_argument(
+        "--out",
+        "-o",
+        default=".",
+        metavar="DIR",
+        help="output directory (created if missing; default: current directory)",
+    )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="IMAGE is a path on the server, inside its media root (no overlay is drawn)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON summary on stdout instead of text"
+    )
     _add_output_filters(parser)
     _add_connection_arguments(parser)
     parser.set_defaults(handler=_handler("segment", _segment))
@@ -107,28 +155,60 @@ def _add_segment(subparsers: Any) -> None:
 
 def _add_track(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "track", help="track objects through a video",
+        "track",
+        help="track objects through a video",
         description="Upload VIDEO, prompt objects on frame --frame, propagate through the "
-                    "video, and write <stem>_overlay.mp4 (same frame count as the input) and "
-                    "<stem>_masks.json (per-frame RLE masks) into --out. The session is "
-                    "always closed, also on errors and Ctrl-C.")
+        "video, and write <stem>_overlay.mp4 (same frame count as the input) and "
+        "<stem>_masks.json (per-frame RLE masks) into --out. The session is "
+        "always closed, also on errors and Ctrl-C.",
+    )
     parser.add_argument("video", metavar="VIDEO", help="local video file (MP4, AVI, MOV, MKV...)")
     _add_prompt_arguments(parser, "object")
-    parser.add_argument("--frame", type=int, default=0, metavar="N",
-                        help="frame the prompts are placed on (default 0)")
-    parser.add_argument("--direction", choices=("forward", "backward", "both"),
-                        default="forward", help="propagation direction from --start-frame")
-    parser.add_argument("--start-frame", type=int, metavar="N",
-                        help="first frame to propagate from (default: --frame)")
-    parser.add_argument("--max-frames", type=int, default=0, metavar="N",
-                        help="process at most N frames per direction (0: all)")
-    parser.add_argument("--out", "-o", default=".", metavar="DIR",
-                        help="output directory (created if missing; default: current directory)")
-    parser.add_argument("--remote", action="store_true",
-                        help="VIDEO is a path on the server, inside its media root (no upload, "
-                             "no overlay video)")
-    parser.add_argument("--chunk-size", type=int, default=1 << 20, metavar="BYTES",
-                        help="upload chunk size (default 1 MiB)")
+    parser.add_argument(
+        "--frame",
+        type=int,
+        default=0,
+        metavar="N",
+        help="frame the prompts are placed on (default 0)",
+    )
+    parser.add_argument(
+        "--direction",
+        choices=("forward", "backward", "both"),
+        default="forward",
+        help="propagation direction from --start-frame",
+    )
+    parser.add_argument(
+        "--start-frame",
+        type=int,
+        metavar="N",
+        help="first frame to propagate from (default: --frame)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="process at most N frames per direction (0: all)",
+    )
+    parser.add_argument(
+        "--out",
+        "-o",
+        default=".",
+        metavar="DIR",
+        help="output directory (created if missing; default: current directory)",
+    )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="VIDEO is a path on the server, inside its media root (no upload, no overlay video)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="upload chunk size (default 1 MiB)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_output_filters(parser)
     _add_connection_arguments(parser)
@@ -137,8 +217,10 @@ def _add_track(subparsers: Any) -> None:
 
 def _add_status(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "status", help="show the server's model, queue, cache, sessions and memory",
-        description="Print the server's status (StatusService.GetServerStatus).")
+        "status",
+        help="show the server's model, queue, cache, sessions and memory",
+        description="Print the server's status (StatusService.GetServerStatus).",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     _add_connection_arguments(parser)
     parser.set_defaults(handler=_handler("status", _status))
@@ -146,15 +228,24 @@ def _add_status(subparsers: Any) -> None:
 
 def _add_health(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "health", help="standard gRPC health check (exit 0 only when SERVING)",
+        "health",
+        help="standard gRPC health check (exit 0 only when SERVING)",
         description="Ask grpc.health.v1.Health/Check and print the status. Exits 0 when "
-                    "SERVING, 1 otherwise.")
-    parser.add_argument("--service", default="", metavar="NAME",
-                        help="service to check, e.g. sam3_grpc.v1.VideoService (default: the "
-                             "whole server)")
-    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="keep polling up to SECONDS until SERVING (e.g. while the model "
-                             "loads)")
+        "SERVING, 1 otherwise.",
+    )
+    parser.add_argument(
+        "--service",
+        default="",
+        metavar="NAME",
+        help="service to check, e.g. sam3_grpc.v1.VideoService (default: the whole server)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep polling up to SECONDS until SERVING (e.g. while the model loads)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     _add_connection_arguments(parser)
     parser.set_defaults(handler=_handler("health", _health))
@@ -199,41 +290,56 @@ def _connection_reason(message: str) -> str:
     return reason.removesuffix(": OK").strip() or "unreachable"
 
 
-def describe_error(error: Any, server: str, timeout: float | None = None,
-                   tls: bool = False) -> str:
+def describe_error(error: Any, server: str, timeout: float | None = None, tls: bool = False) -> str:
     """One actionable line for a failed call."""
     import grpc
 
     code = error.code
-    if error.connection_failed or (code == grpc.StatusCode.UNKNOWN and not error.from_server
-                                   and "handshake" in error.message.lower()):
+    if error.connection_failed or (
+        code == grpc.StatusCode.UNKNOWN
+        and not error.from_server
+        and "handshake" in error.message.lower()
+    ):
         reason = _connection_reason(error.message)
         if "WRONG_VERSION_NUMBER" in reason:
-            return (f"{server} does not speak TLS (or is not a gRPC server); drop --tls, "
-                    f"--tls-ca, --tls-cert and --tls-key")
+            return (
+                f"{server} does not speak TLS (or is not a gRPC server); drop --tls, "
+                f"--tls-ca, --tls-cert and --tls-key"
+            )
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
-            return (f"the TLS certificate of {server} is not trusted ({reason.split(': ')[-1]}); "
-                    f"pass --tls-ca with the CA that signed it, and --tls-server-name if it "
-                    f"names another host")
+            return (
+                f"the TLS certificate of {server} is not trusted ({reason.split(': ')[-1]}); "
+                f"pass --tls-ca with the CA that signed it, and --tls-server-name if it "
+                f"names another host"
+            )
         if reason == "Socket closed":
             if tls:
-                return (f"{server} closed the connection during the TLS handshake; if it "
-                        f"requires client certificates pass --tls-cert and --tls-key")
-            return (f"{server} closed the connection; if it serves TLS pass --tls-ca (or "
-                    f"--tls), otherwise check that it is a sam3-grpc server")
-        return (f"cannot reach a sam3-grpc server at {server} ({reason}); check that the server "
-                f"is running and that --server (or SAM3_GRPC_SERVER) names it")
+                return (
+                    f"{server} closed the connection during the TLS handshake; if it "
+                    f"requires client certificates pass --tls-cert and --tls-key"
+                )
+            return (
+                f"{server} closed the connection; if it serves TLS pass --tls-ca (or "
+                f"--tls), otherwise check that it is a sam3-grpc server"
+            )
+        return (
+            f"cannot reach a sam3-grpc server at {server} ({reason}); check that the server "
+            f"is running and that --server (or SAM3_GRPC_SERVER) names it"
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and not error.from_server:
         limit = f" within {timeout:g} s" if timeout else ""
-        return (f"no answer from {server}{limit}; check the address, or allow more time with "
-                f"--timeout")
+        return (
+            f"no answer from {server}{limit}; check the address, or allow more time with --timeout"
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"{server} refused the credentials ({error.message}); check --token/--token-file"
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return f"{server} denied the call ({error.message})"
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        return (f"{server} does not implement this call ({error.message}); is it a sam3-grpc "
-                f"server of a matching version?")
+        return (
+            f"{server} does not implement this call ({error.message}); is it a sam3-grpc "
+            f"server of a matching version?"
+        )
     hint = ""
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_after is not None:
         hint = f" (retry in about {error.retry_after:.1f} s)"
@@ -266,14 +372,16 @@ def _make_client(args: argparse.Namespace):
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read_file(args.tls_ca, "--tls-ca") if args.tls_ca else None,
             private_key=_read_file(args.tls_key, "--tls-key") if args.tls_key else None,
-            certificate_chain=_read_file(args.tls_cert, "--tls-cert") if args.tls_cert else None)
+            certificate_chain=_read_file(args.tls_cert, "--tls-cert") if args.tls_cert else None,
+        )
     options = []
     if args.tls_server_name:
         options.append(("grpc.ssl_target_name_override", args.tls_server_name))
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    return Sam3Client(args.server, timeout=args.timeout, credentials=credentials, token=token,
-                      options=options)
+    return Sam3Client(
+        args.server, timeout=args.timeout, credentials=credentials, token=token, options=options
+    )
 
 
 def _parse_numbers(text: str, count: int, flag: str, shape: str) -> list[float]:
@@ -283,8 +391,7 @@ def _parse_numbers(text: str, count: int, flag: str, shape: str) -> list[float]:
     except ValueError:
         values = []
     if len(values) != count:
-        raise UsageError(f"{flag} {text!r} must be {shape}, e.g. {flag} "
-                         f"{','.join(['10'] * count)}")
+        raise UsageError(f"{flag} {text!r} must be {shape}, e.g. {flag} {','.join(['10'] * count)}")
     return values
 
 
@@ -327,8 +434,7 @@ def _require_cv2():
     try:
         import cv2
     except ImportError:
-        raise UsageError("drawing overlays needs OpenCV: pip install 'sam3-grpc[client]'"
-                         ) from None
+        raise UsageError("drawing overlays needs OpenCV: pip install 'sam3-grpc[client]'") from None
     return cv2
 
 
@@ -337,8 +443,11 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--score-threshold must be in [0, 1]")
     if args.min_area < 0 or args.max_detections < 0:
         raise UsageError("--min-area and --max-detections cannot be negative")
-    return {"score_threshold": args.score_threshold, "min_area": args.min_area,
-            "max_detections": args.max_detections}
+    return {
+        "score_threshold": args.score_threshold,
+        "min_area": args.min_area,
+        "max_detections": args.max_detections,
+    }
 
 
 def _stem(path: str) -> str:
@@ -382,12 +491,31 @@ def _segment(args: argparse.Namespace) -> int:
             written.append(overlay_path)
 
     if args.json:
-        print(json.dumps({
-            "width": result.width, "height": result.height, "cache_hit": result.cache_hit,
-            "results": [{"prompt": r.prompt.label, "detections": [
-                {"object_id": d.object_id, "score": round(float(d.score), 4),
-                 "box": list(d.box), "area": d.area} for d in r]} for r in result.results],
-            "files": written}))
+        print(
+            json.dumps(
+                {
+                    "width": result.width,
+                    "height": result.height,
+                    "cache_hit": result.cache_hit,
+                    "results": [
+                        {
+                            "prompt": r.prompt.label,
+                            "detections": [
+                                {
+                                    "object_id": d.object_id,
+                                    "score": round(float(d.score), 4),
+                                    "box": list(d.box),
+                                    "area": d.area,
+                                }
+                                for d in r
+                            ],
+                        }
+                        for r in result.results
+                    ],
+                    "files": written,
+                }
+            )
+        )
     else:
         for r in result.results:
             scores = ", ".join(f"{d.score:.2f} at [{_box_text(d.box)}]" for d in r)
@@ -413,8 +541,14 @@ def _write_image_overlay(cv2, data: bytes, result, path: str) -> str:
     items = []
     for r in result.results:
         for d in r:
-            items.append(overlay.Item(d.mask if d.has_mask else None, d.box,
-                                      f"{r.prompt.label} {d.score:.2f}", len(items)))
+            items.append(
+                overlay.Item(
+                    d.mask if d.has_mask else None,
+                    d.box,
+                    f"{r.prompt.label} {d.score:.2f}",
+                    len(items),
+                )
+            )
     drawn = overlay.draw(image, items, bgr=True)
     if not cv2.imwrite(path, drawn):
         raise CommandError(f"cannot write {path}")
@@ -454,69 +588,98 @@ def _track(args: argparse.Namespace) -> int:
         if args.remote:
             context = client.session(ServerPath(args.video))
         else:
-            bar = _progress_bar(show, total=os.path.getsize(args.video), unit="B",
-                                unit_scale=True, unit_divisor=1024, desc="upload")
+            bar = _progress_bar(
+                show,
+                total=os.path.getsize(args.video),
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="upload",
+            )
 
             def progress(sent: int, total: int) -> None:
                 if bar is not None:
                     bar.update(sent - bar.n)
 
-            context = client.session(upload=args.video, chunk_size=args.chunk_size,
-                                     progress=progress)
+            context = client.session(
+                upload=args.video, chunk_size=args.chunk_size, progress=progress
+            )
         try:
             with context as session:  # uploads on entry; always closes the session on exit
                 if bar is not None:
                     bar.close()
                 info, prompt_log, labels, frames = _prompt_and_propagate(
-                    args, session, prompts, filters, show)
+                    args, session, prompts, filters, show
+                )
         finally:
             if bar is not None:
                 bar.close()
 
     stem = _stem(args.video)
     json_path = os.path.join(out_dir, f"{stem}_masks.json")
-    _write_json(json_path, {
-        "video": {"file_name": os.path.basename(args.video), "frame_count": info.frame_count,
-                  "fps": info.fps, "width": info.width, "height": info.height},
-        "prompts": prompt_log,
-        "objects": [{"object_id": oid, "prompt": label} for oid, label in sorted(labels.items())],
-        "frames": [{"frame_index": index, "objects": objects}
-                   for index, objects in sorted(frames.items())],
-    })
-    print(f"tracked {len(labels)} object{'s' if len(labels) != 1 else ''} over "
-          f"{len(frames)} frame{'s' if len(frames) != 1 else ''}")
+    _write_json(
+        json_path,
+        {
+            "video": {
+                "file_name": os.path.basename(args.video),
+                "frame_count": info.frame_count,
+                "fps": info.fps,
+                "width": info.width,
+                "height": info.height,
+            },
+            "prompts": prompt_log,
+            "objects": [
+                {"object_id": oid, "prompt": label} for oid, label in sorted(labels.items())
+            ],
+            "frames": [
+                {"frame_index": index, "objects": objects}
+                for index, objects in sorted(frames.items())
+            ],
+        },
+    )
+    print(
+        f"tracked {len(labels)} object{'s' if len(labels) != 1 else ''} over "
+        f"{len(frames)} frame{'s' if len(frames) != 1 else ''}"
+    )
     print(f"wrote {json_path}")
     if cv2 is not None:
         video_path = os.path.join(out_dir, f"{stem}_overlay.mp4")
         written = _write_video_overlay(cv2, args.video, video_path, info, labels, frames)
         print(f"wrote {video_path} ({written} frames)")
     else:
-        print("sam3-grpc track: the video is on the server, so no overlay video was drawn",
-              file=sys.stderr)
+        print(
+            "sam3-grpc track: the video is on the server, so no overlay video was drawn",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 def _prompt_and_propagate(args, session, prompts, filters, show):
     if args.frame >= session.frame_count:
-        raise UsageError(f"--frame {args.frame} is past the end of the video "
-                         f"({session.frame_count} frames)")
+        raise UsageError(
+            f"--frame {args.frame} is past the end of the video ({session.frame_count} frames)"
+        )
     labels: dict[int, str] = {}
     prompt_log = []
     for prompt in prompts:
         added = session.add_prompt(args.frame, prompt, **filters)
-        prompt_log.append({"frame_index": args.frame, "prompt": prompt.label,
-                           "object_ids": added.object_ids})
+        prompt_log.append(
+            {"frame_index": args.frame, "prompt": prompt.label, "object_ids": added.object_ids}
+        )
         for oid in added.object_ids:
             labels.setdefault(oid, prompt.label)
     if not labels:
-        raise CommandError(f"no object found on frame {args.frame} for "
-                           f"{', '.join(repr(p.label) for p in prompts)}; nothing to track")
+        raise CommandError(
+            f"no object found on frame {args.frame} for "
+            f"{', '.join(repr(p.label) for p in prompts)}; nothing to track"
+        )
     frames: dict[int, list[dict[str, Any]]] = {}
     start = args.start_frame if args.start_frame is not None else args.frame
     bar = _progress_bar(show, unit="frame", desc="propagate")
     try:
-        with session.propagate(direction=args.direction, start_frame_index=start,
-                               max_frames=args.max_frames, **filters) as stream:
+        with session.propagate(
+            direction=args.direction, start_frame_index=start, max_frames=args.max_frames, **filters
+        ) as stream:
             for frame in stream:
                 if bar is not None:
                     if bar.total != frame.frames_total:
@@ -524,9 +687,15 @@ def _prompt_and_propagate(args, session, prompts, filters, show):
                         bar.refresh()
                     bar.update(1)
                 frames[frame.frame_index] = [
-                    {"object_id": d.object_id, "score": float(d.score),
-                     "bbox": d.box.to_xywh(), "area": int(d.area), "segmentation": d.rle}
-                    for d in frame.objects]
+                    {
+                        "object_id": d.object_id,
+                        "score": float(d.score),
+                        "bbox": d.box.to_xywh(),
+                        "area": int(d.area),
+                        "segmentation": d.rle,
+                    }
+                    for d in frame.objects
+                ]
     finally:
         if bar is not None:
             bar.close()
@@ -542,8 +711,9 @@ def _write_video_overlay(cv2, source: str, path: str, info, labels, frames) -> i
 
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
-        raise CommandError(f"the masks are written, but OpenCV cannot read {source} to draw "
-                           "the overlay video")
+        raise CommandError(
+            f"the masks are written, but OpenCV cannot read {source} to draw the overlay video"
+        )
     fps = info.fps or capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer = None
     colour_index = {oid: i for i, oid in enumerate(sorted(labels))}
@@ -555,24 +725,31 @@ def _write_video_overlay(cv2, source: str, path: str, info, labels, frames) -> i
                 break
             if writer is None:
                 height, width = image.shape[:2]
-                writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                         (width, height))
+                writer = cv2.VideoWriter(
+                    path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+                )
                 if not writer.isOpened():
-                    raise CommandError(f"the masks are written, but OpenCV cannot write {path} "
-                                       "(mp4v codec)")
+                    raise CommandError(
+                        f"the masks are written, but OpenCV cannot write {path} (mp4v codec)"
+                    )
             items = []
             for obj in frames.get(written, ()):
                 segmentation = obj["segmentation"]
                 mask = None
                 if tuple(segmentation["size"]) == image.shape[:2]:
-                    mask = coco_mask.decode({"size": segmentation["size"],
-                                             "counts": segmentation["counts"].encode()}
-                                            ).astype(bool)
+                    mask = coco_mask.decode(
+                        {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
+                    ).astype(bool)
                 x, y, w, h = obj["bbox"]
                 oid = obj["object_id"]
-                items.append(overlay.Item(mask, (x, y, x + w, y + h),
-                                          f"{labels.get(oid, '')} #{oid}".strip(),
-                                          colour_index.get(oid, oid)))
+                items.append(
+                    overlay.Item(
+                        mask,
+                        (x, y, x + w, y + h),
+                        f"{labels.get(oid, '')} #{oid}".strip(),
+                        colour_index.get(oid, oid),
+                    )
+                )
             writer.write(overlay.draw(image, items, bgr=True) if items else image)
             written += 1
     finally:
@@ -607,17 +784,28 @@ def format_status(status) -> str:
     q, c = status.queue, status.cache
     lines = [
         ("server", status.target),
-        ("model", f"{status.model_name} ({status.model_kind}) on {status.device}, "
-                  f"{'ready' if status.ready else 'NOT ready'}; weights: {status.weights_source}"),
-        ("version", f"{status.version}, up {_duration(status.uptime_s)} (load "
-                    f"{status.load_s:.1f} s, warm-up {status.warmup_s:.1f} s)"),
-        ("queue", f"{q.depth} waiting of {q.capacity}, {q.running} running; {q.completed} "
-                  f"completed, {q.rejected} rejected, {q.dropped} dropped"),
+        (
+            "model",
+            f"{status.model_name} ({status.model_kind}) on {status.device}, "
+            f"{'ready' if status.ready else 'NOT ready'}; weights: {status.weights_source}",
+        ),
+        (
+            "version",
+            f"{status.version}, up {_duration(status.uptime_s)} (load "
+            f"{status.load_s:.1f} s, warm-up {status.warmup_s:.1f} s)",
+        ),
+        (
+            "queue",
+            f"{q.depth} waiting of {q.capacity}, {q.running} running; {q.completed} "
+            f"completed, {q.rejected} rejected, {q.dropped} dropped",
+        ),
         ("sessions", f"{status.active_sessions} open, {_size(status.session_memory_bytes)}"),
-        ("cache", f"{c.entries} of {c.capacity} entries, {_size(c.bytes)}; {c.hits} hits, "
-                  f"{c.misses} misses"),
-        ("memory", f"{_size(status.memory_used_bytes)} used of "
-                   f"{_size(status.memory_total_bytes)}"),
+        (
+            "cache",
+            f"{c.entries} of {c.capacity} entries, {_size(c.bytes)}; {c.hits} hits, "
+            f"{c.misses} misses",
+        ),
+        ("memory", f"{_size(status.memory_used_bytes)} used of {_size(status.memory_total_bytes)}"),
     ]
     return "\n".join(f"{name:<9} {value}" for name, value in lines)
 

@@ -42,17 +42,29 @@ class Sam3Error(Exception):
         return f"{self.code.name}: {self.message}"
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(code={self.code.name}, message={self.message!r}, "
-                f"retry_after={self.retry_after!r})")
+        return (
+            f"{type(self).__name__}(code={self.code.name}, message={self.message!r}, "
+            f"retry_after={self.retry_after!r})"
+        )
 
     def __reduce__(self):  # picklable despite the keyword-only arguments
-        return (_rebuild, (type(self), self.code.name, self.message, self.retry_after,
-                           self.target, self.from_server))
+        return (
+            _rebuild,
+            (
+                type(self),
+                self.code.name,
+                self.message,
+                self.retry_after,
+                self.target,
+                self.from_server,
+            ),
+        )
 
 
 def _rebuild(cls, code_name, message, retry_after, target, from_server):
-    return cls(grpc.StatusCode[code_name], message, retry_after, target=target,
-               from_server=from_server)
+    return cls(
+        grpc.StatusCode[code_name], message, retry_after, target=target, from_server=from_server
+    )
 
 
 class CancelledError(Sam3Error):
@@ -149,7 +161,8 @@ def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> Sam3Error
     if code is None:
         code = grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or (
-        f"{code.name} (no details given)")
+        f"{code.name} (no details given)"
+    )
     retry_after = None
     from_server = False
     try:

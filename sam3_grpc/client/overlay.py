@@ -20,9 +20,18 @@ import numpy as np
 
 # Distinct, saturated RGB colours, visually far apart.
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 56, 56), (50, 205, 50), (30, 144, 255), (255, 215, 0), (255, 0, 255),
-    (0, 255, 255), (255, 140, 0), (148, 0, 211), (0, 128, 128), (255, 105, 180),
-    (128, 128, 0), (0, 0, 139),
+    (255, 56, 56),
+    (50, 205, 50),
+    (30, 144, 255),
+    (255, 215, 0),
+    (255, 0, 255),
+    (0, 255, 255),
+    (255, 140, 0),
+    (148, 0, 211),
+    (0, 128, 128),
+    (255, 105, 180),
+    (128, 128, 0),
+    (0, 0, 139),
 )
 ALPHA = 0.5
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -70,7 +79,8 @@ def draw(image: np.ndarray, items: Sequence[Item], *, bgr: bool = False) -> np.n
             tint = np.asarray(colour[::-1] if bgr else colour, np.float32)
             pixels = out[mask].astype(np.float32)
             out[mask] = np.clip(np.rint((1 - ALPHA) * pixels + ALPHA * tint), 0, 255).astype(
-                np.uint8)
+                np.uint8
+            )
     for item, rgb in zip(items, colours):
         x0, y0, x1, y1 = (int(round(v)) for v in item.box)
         if x1 <= x0 or y1 <= y0:
@@ -84,8 +94,9 @@ def draw(image: np.ndarray, items: Sequence[Item], *, bgr: bool = False) -> np.n
     return out
 
 
-def _draw_label(out: np.ndarray, text: str, left: int, outline_top: int, colour, ink,
-                width: int, height: int) -> None:
+def _draw_label(
+    out: np.ndarray, text: str, left: int, outline_top: int, colour, ink, width: int, height: int
+) -> None:
     if not text:
         return
     (text_w, text_h), baseline = cv2.getTextSize(text, FONT, FONT_SCALE, 1)
@@ -97,5 +108,13 @@ def _draw_label(out: np.ndarray, text: str, left: int, outline_top: int, colour,
         top = max(0, min(outline_top + 1, height - box_h))  # inside the top of the box
     left = max(0, min(left, width - box_w))
     cv2.rectangle(out, (left, top), (left + box_w - 1, top + box_h - 1), colour, -1)
-    cv2.putText(out, text, (left + LABEL_PADDING, top + LABEL_PADDING + text_h), FONT,
-                FONT_SCALE, ink, 1, lineType=cv2.LINE_AA)
+    cv2.putText(
+        out,
+        text,
+        (left + LABEL_PADDING, top + LABEL_PADDING + text_h),
+        FONT,
+        FONT_SCALE,
+        ink,
+        1,
+        lineType=cv2.LINE_AA,
+    )

@@ -18,8 +18,7 @@ from typing import Any
 import grpc
 
 from sam3_grpc.client import _convert
-from sam3_grpc.client.client import DEFAULT, PropagateStream, Sam3Client
-from sam3_grpc.client.client import _SessionContext
+from sam3_grpc.client.client import DEFAULT, PropagateStream, Sam3Client, _SessionContext
 from sam3_grpc.client.errors import NotFoundError, Sam3Error
 from sam3_grpc.client.retry import NO_RETRY, RetryPolicy
 from sam3_grpc.client.types import (
@@ -38,8 +37,9 @@ class Sam3Pool(_SessionContext):
     """A client of several servers; takes the keyword arguments of Sam3Client (applied to every
     endpoint) and offers the same methods."""
 
-    def __init__(self, targets: Sequence[str], *, retry: RetryPolicy | None = None,
-                 **client_options: Any) -> None:
+    def __init__(
+        self, targets: Sequence[str], *, retry: RetryPolicy | None = None, **client_options: Any
+    ) -> None:
         if isinstance(targets, str):
             targets = [t.strip() for t in targets.split(",") if t.strip()]
         if not targets:
@@ -81,8 +81,10 @@ class Sam3Pool(_SessionContext):
         starts another round."""
         policy = self.retry
         if fail_over is None:
+
             def fail_over(error: Sam3Error) -> bool:
                 return error.code in policy.retryable_codes
+
         round_number = 1
         while True:
             errors: list[Sam3Error] = []
@@ -121,19 +123,22 @@ class Sam3Pool(_SessionContext):
             except Sam3Error as exc:
                 if exc.code != grpc.StatusCode.UNAVAILABLE:
                     raise
-        raise NotFoundError(grpc.StatusCode.NOT_FOUND,
-                            f"session {session_id} is not open on any of {self.targets}")
+        raise NotFoundError(
+            grpc.StatusCode.NOT_FOUND, f"session {session_id} is not open on any of {self.targets}"
+        )
 
     def owner_of(self, session_id: str) -> str:
         """The target that owns a session."""
         return self._owner(session_id).target
 
     # ----- images --------------------------------------------------------------------------
-    def segment_image(self, image: Any, prompts: str | Prompt | Sequence[str | Prompt],
-                      **options: Any) -> SegmentResult:
+    def segment_image(
+        self, image: Any, prompts: str | Prompt | Sequence[str | Prompt], **options: Any
+    ) -> SegmentResult:
         """Like Sam3Client.segment_image, on the next endpoint in turn."""
-        message = (image if isinstance(image, common_pb2.Image)
-                   else _convert.image_to_proto(image))  # read or encode once
+        message = (
+            image if isinstance(image, common_pb2.Image) else _convert.image_to_proto(image)
+        )  # read or encode once
         prompt_list = as_prompts(prompts)
         return self._spread(lambda c: c.segment_image(message, prompt_list, **options))
 
@@ -145,16 +150,18 @@ class Sam3Pool(_SessionContext):
         def nothing_created(error: Sam3Error) -> bool:
             return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED or error.connection_failed
 
-        return self._remember(self._spread(
-            lambda c: c.start_session(video_path, **options), nothing_created))
+        return self._remember(
+            self._spread(lambda c: c.start_session(video_path, **options), nothing_created)
+        )
 
     def upload_video(self, path: str | os.PathLike, **options: Any) -> Session:
         """Uploads to the next endpoint in turn. Never replayed on another endpoint."""
         client = self._rotation()[0]
         return self._remember(client.upload_video(path, **options))
 
-    def add_prompt(self, session_id: str, frame_index: int, prompt: str | Prompt,
-                   **options: Any) -> AddPromptResult:
+    def add_prompt(
+        self, session_id: str, frame_index: int, prompt: str | Prompt, **options: Any
+    ) -> AddPromptResult:
         return self._owner(session_id).add_prompt(session_id, frame_index, prompt, **options)
 
     def remove_object(self, session_id: str, object_id: int, **options: Any) -> Session:

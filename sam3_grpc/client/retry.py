@@ -38,7 +38,8 @@ class RetryPolicy:
     retryable_codes: frozenset = RETRYABLE_CODES
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
     on_retry: Callable[[int, Exception, float], None] | None = field(
-        default=None, compare=False, repr=False)
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -48,8 +49,9 @@ class RetryPolicy:
         """Seconds to wait before retry number `retry_number` (1-based); None: do not retry."""
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after else None
-        backoff = min(self.max_backoff,
-                      self.initial_backoff * self.multiplier ** (retry_number - 1))
+        backoff = min(
+            self.max_backoff, self.initial_backoff * self.multiplier ** (retry_number - 1)
+        )
         return max(0.0, backoff * (1 + random.uniform(-self.jitter, self.jitter)))
 
 

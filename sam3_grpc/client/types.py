@@ -65,10 +65,12 @@ class Prompt:
         def numbers(values: Sequence[float]) -> str:
             return ",".join(f"{float(v):g}" for v in values)
 
-        geometry = [*(f"box {numbers(b)}" for b in self.boxes),
-                    *(f"point {numbers(p)}" for p in self.points),
-                    *(f"not box {numbers(b)}" for b in self.negative_boxes),
-                    *(f"not point {numbers(p)}" for p in self.negative_points)]
+        geometry = [
+            *(f"box {numbers(b)}" for b in self.boxes),
+            *(f"point {numbers(p)}" for p in self.points),
+            *(f"not box {numbers(b)}" for b in self.negative_boxes),
+            *(f"not point {numbers(p)}" for p in self.negative_points),
+        ]
         if len(geometry) > 2:
             return f"{geometry[0]} + {len(geometry) - 1} more"
         return " + ".join(geometry) or "empty prompt"
@@ -131,7 +133,8 @@ class Detection:
                 from pycocotools import mask as coco_mask
 
                 decoded = coco_mask.decode(
-                    {"size": [self.height, self.width], "counts": self.rle_counts.encode("ascii")})
+                    {"size": [self.height, self.width], "counts": self.rle_counts.encode("ascii")}
+                )
                 self._mask = decoded.astype(bool)
             elif self.png is not None:
                 self._mask = decode_png_mask(self.png)
@@ -150,8 +153,9 @@ class Detection:
             counts = encoded["counts"].decode("ascii")
         return {"size": [self.height, self.width], "counts": counts}
 
-    def to_coco(self, *, image_id: int = 1, category_id: int = 1,
-                annotation_id: int | None = None) -> dict[str, Any]:
+    def to_coco(
+        self, *, image_id: int = 1, category_id: int = 1, annotation_id: int | None = None
+    ) -> dict[str, Any]:
         """A COCO results/annotation dict: RLE segmentation, [x, y, w, h] bbox, area, score."""
         annotation: dict[str, Any] = {
             "image_id": image_id,
@@ -167,8 +171,9 @@ class Detection:
         if self.has_mask:
             annotation["segmentation"] = self.rle
         elif self.polygons:
-            annotation["segmentation"] = [p.reshape(-1).astype(float).tolist()
-                                          for p in self.polygons]
+            annotation["segmentation"] = [
+                p.reshape(-1).astype(float).tolist() for p in self.polygons
+            ]
         return annotation
 
 
@@ -188,9 +193,10 @@ def decode_png_mask(data: bytes) -> np.ndarray:
 
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("decoding PNG masks needs opencv-python-headless or pillow "
-                          "(pip install 'sam3-grpc[client]'), or ask for mask_encoding='rle'"
-                          ) from exc
+        raise ImportError(
+            "decoding PNG masks needs opencv-python-headless or pillow "
+            "(pip install 'sam3-grpc[client]'), or ask for mask_encoding='rle'"
+        ) from exc
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("L")) > 127
 
@@ -233,28 +239,41 @@ class SegmentResult:
     def __len__(self) -> int:
         return len(self.results)
 
-    def to_coco(self, *, image_id: int = 1, category_ids: Sequence[int] | None = None,
-                first_annotation_id: int = 1) -> list[dict[str, Any]]:
+    def to_coco(
+        self,
+        *,
+        image_id: int = 1,
+        category_ids: Sequence[int] | None = None,
+        first_annotation_id: int = 1,
+    ) -> list[dict[str, Any]]:
         """COCO annotations of every detection; prompt i gets category_ids[i] (default i + 1)."""
         annotations = []
         next_id = first_annotation_id
         for result in self.results:
-            category = (category_ids[result.prompt_index] if category_ids is not None
-                        else result.prompt_index + 1)
+            category = (
+                category_ids[result.prompt_index]
+                if category_ids is not None
+                else result.prompt_index + 1
+            )
             for detection in result.detections:
-                annotations.append(detection.to_coco(
-                    image_id=image_id, category_id=category, annotation_id=next_id))
+                annotations.append(
+                    detection.to_coco(
+                        image_id=image_id, category_id=category, annotation_id=next_id
+                    )
+                )
                 next_id += 1
         return annotations
 
     def to_coco_dataset(self, *, file_name: str = "", image_id: int = 1) -> dict[str, Any]:
         """A complete COCO dict: images, annotations, and one category per prompt."""
         return {
-            "images": [{"id": image_id, "file_name": file_name, "width": self.width,
-                        "height": self.height}],
+            "images": [
+                {"id": image_id, "file_name": file_name, "width": self.width, "height": self.height}
+            ],
             "annotations": self.to_coco(image_id=image_id),
-            "categories": [{"id": r.prompt_index + 1, "name": r.prompt.label}
-                           for r in self.results],
+            "categories": [
+                {"id": r.prompt_index + 1, "name": r.prompt.label} for r in self.results
+            ],
         }
 
 

@@ -267,9 +267,7 @@ class _Components:
         """Component ids by area descending, then top, then left."""
         s = self._stats
         assert s is not None
-        return sorted(
-            (int(i) for i in ids), key=lambda i: (-s[i, _AREA], s[i, _TOP], s[i, _LEFT])
-        )
+        return sorted((int(i) for i in ids), key=lambda i: (-s[i, _AREA], s[i, _TOP], s[i, _LEFT]))
 
 
 @dataclass(frozen=True)
@@ -323,9 +321,7 @@ class _FrameReader:
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._cache_frames = _FRAME_CACHE_FRAMES
         if source.is_frame_folder or os.path.isdir(self.path):
-            names = [
-                n for n in os.listdir(self.path) if n.lower().endswith((".jpg", ".jpeg"))
-            ]
+            names = [n for n in os.listdir(self.path) if n.lower().endswith((".jpg", ".jpeg"))]
             if not names:
                 raise InvalidArgument(f"no .jpg or .jpeg frames in {self.path}")
             # Natural order: "2.jpg" before "10.jpg"; zero-padded names sort as plain text does.
@@ -692,9 +688,7 @@ class SyntheticEngine(Engine):
 
     def session_nbytes(self, state: Any) -> int:
         session: SyntheticSession = state
-        seeds = sum(
-            p.mask.nbytes for t in session.objects.values() for p in t.seeds.values() if p
-        )
+        seeds = sum(p.mask.nbytes for t in session.objects.values() for p in t.seeds.values() if p)
         return seeds + (0 if session.closed else session.reader.nbytes)
 
     def close_session(self, state: Any) -> None:
@@ -716,9 +710,7 @@ class SyntheticEngine(Engine):
     @staticmethod
     def _check_frame(session: SyntheticSession, frame_index: int) -> None:
         if not 0 <= frame_index < session.reader.frame_count:
-            raise InvalidArgument(
-                f"frame {frame_index} outside [0, {session.reader.frame_count})"
-            )
+            raise InvalidArgument(f"frame {frame_index} outside [0, {session.reader.frame_count})")
 
     def _output(
         self, session: SyntheticSession, frame_index: int, refs: dict[int, _Ref]
@@ -731,9 +723,7 @@ class SyntheticEngine(Engine):
         ]
         return FrameOutput(frame_index, objects)
 
-    def _track_to(
-        self, session: SyntheticSession, target: int, ids: list[int]
-    ) -> dict[int, _Ref]:
+    def _track_to(self, session: SyntheticSession, target: int, ids: list[int]) -> dict[int, _Ref]:
         """Every object of `ids` on frame `target`, tracked from its nearest seed."""
         before: list[tuple[int, int]] = []  # (seed frame, object id), seed at or before target
         after: list[tuple[int, int]] = []
@@ -909,7 +899,10 @@ def _merge(rois: list[_Roi]) -> list[_Roi]:
                 a, b = rois[i], rois[j]
                 if a.intersects(b):
                     rois[i] = _Roi(
-                        min(a.y0, b.y0), max(a.y1, b.y1), min(a.x0, b.x0), max(a.x1, b.x1),
+                        min(a.y0, b.y0),
+                        max(a.y1, b.y1),
+                        min(a.x0, b.x0),
+                        max(a.x1, b.x1),
                         a.members + b.members,
                     )
                     del rois[j]

@@ -25,7 +25,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
         raise InvalidArgument("image.content is empty: send the encoded image bytes")
     if len(data) > max_bytes:
         raise InvalidArgument(
-            f"image is {len(data)} bytes; this server accepts at most {max_bytes} bytes")
+            f"image is {len(data)} bytes; this server accepts at most {max_bytes} bytes"
+        )
     try:
         with warnings.catch_warnings():
             # Our own pixel limit runs first; Pillow's bomb warning would only duplicate it.
@@ -34,14 +35,16 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
             if image.format not in ALLOWED_FORMATS:
                 raise InvalidArgument(
                     f"image format {image.format} is not supported; send JPEG, PNG, WebP, BMP "
-                    "or TIFF")
+                    "or TIFF"
+                )
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise InvalidArgument("image has no pixels")
             if width * height > max_pixels:
                 raise InvalidArgument(
                     f"image is {width}x{height} = {width * height} pixels; this server accepts "
-                    f"at most {max_pixels} pixels: downscale it first")
+                    f"at most {max_pixels} pixels: downscale it first"
+                )
         return _decode_pixels(data, image)
     except InvalidArgument:
         raise
@@ -49,10 +52,12 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
         # Pillow refuses canvases far beyond its own limit while still reading the header.
         raise InvalidArgument(
             f"image declares a canvas over this server's limit of {max_pixels} pixels: "
-            "downscale it first") from exc
+            "downscale it first"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidArgument(
-            "image bytes are not a readable JPEG, PNG, WebP, BMP or TIFF image") from exc
+            "image bytes are not a readable JPEG, PNG, WebP, BMP or TIFF image"
+        ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidArgument(f"image is truncated or corrupt: {exc}") from exc
 

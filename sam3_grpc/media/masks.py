@@ -41,13 +41,14 @@ def encode_rle(mask: np.ndarray, box: Box | None = None) -> str:
 
 
 def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
-    return coco_mask.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
+    return coco_mask.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(
+        bool
+    )
 
 
 def encode_png(mask: np.ndarray) -> bytes:
     """8-bit single-channel PNG: 255 inside, 0 outside."""
-    ok, buffer = cv2.imencode(".png", mask.astype(np.uint8) * 255,
-                              [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buffer = cv2.imencode(".png", mask.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buffer.tobytes()
@@ -73,15 +74,16 @@ def tight_box(mask: np.ndarray) -> Box | None:
 def area(mask: np.ndarray, box: Box | None = None) -> int:
     """Mask pixels; with the tight box, only that window is counted."""
     if box is not None:
-        mask = mask[int(box.y_min):int(box.y_max), int(box.x_min):int(box.x_max)]
+        mask = mask[int(box.y_min) : int(box.y_max), int(box.x_min) : int(box.x_max)]
     return int(np.count_nonzero(mask))
 
 
 def polygons(mask: np.ndarray, tolerance: float) -> list[np.ndarray]:
     """Outer contours of each connected part, simplified by Douglas-Peucker within `tolerance`
     pixels. Each polygon is an (N, 2) float array of x, y vertices."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     result = []
     for contour in contours:
         if tolerance > 0:

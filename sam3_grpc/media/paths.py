@@ -13,13 +13,13 @@ from pathlib import Path
 
 from sam3_grpc.errors import FailedPrecondition, NotFound
 
-_NOT_FOUND = ("no such file inside the server's media roots: give a path relative to a media "
-              "root (see the server's --media-root)")
+_NOT_FOUND = (
+    "no such file inside the server's media roots: give a path relative to a media "
+    "root (see the server's --media-root)"
+)
 
 
-def resolve_media_path(
-    user_path: str, roots: Sequence[str], *, allow_dirs: bool = False
-) -> Path:
+def resolve_media_path(user_path: str, roots: Sequence[str], *, allow_dirs: bool = False) -> Path:
     """Returns the real path of a regular file (or, with allow_dirs, a directory) inside a root.
 
     Symlinks are resolved before the containment check, so a link pointing out of a root is
@@ -29,7 +29,8 @@ def resolve_media_path(
     if not roots:
         raise FailedPrecondition(
             "this server reads no files by path: start it with --media-root DIR (or "
-            "SAM3_GRPC_MEDIA_ROOTS) or send the bytes instead")
+            "SAM3_GRPC_MEDIA_ROOTS) or send the bytes instead"
+        )
     if not user_path or "\x00" in user_path:
         raise NotFound(_NOT_FOUND)
     for root in roots:

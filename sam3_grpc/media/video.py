@@ -19,8 +19,9 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".flv")
 def list_frame_files(folder: Path) -> list[Path]:
     """JPEG frames of a folder, in file-name order (name them 00000.jpg, 00001.jpg, …)."""
     with os.scandir(folder) as entries:
-        names = sorted(e.name for e in entries
-                       if e.is_file() and e.name.lower().endswith(FRAME_EXTENSIONS))
+        names = sorted(
+            e.name for e in entries if e.is_file() and e.name.lower().endswith(FRAME_EXTENSIONS)
+        )
     return [folder / name for name in names]
 
 
@@ -28,11 +29,13 @@ def _check_limits(info: VideoInfo, max_frames: int, max_pixels: int) -> None:
     if info.frame_count > max_frames:
         raise InvalidArgument(
             f"video has {info.frame_count} frames; this server accepts at most {max_frames}: "
-            "cut it into shorter clips")
+            "cut it into shorter clips"
+        )
     if info.width * info.height > max_pixels:
         raise InvalidArgument(
             f"video frames are {info.width}x{info.height}; this server accepts at most "
-            f"{max_pixels} pixels per frame: downscale the video")
+            f"{max_pixels} pixels per frame: downscale the video"
+        )
 
 
 def _probe_folder(folder: Path, max_frames: int, max_pixels: int) -> VideoSource:
@@ -41,7 +44,8 @@ def _probe_folder(folder: Path, max_frames: int, max_pixels: int) -> VideoSource
     frames = list_frame_files(folder)
     if not frames:
         raise InvalidArgument(
-            "the directory holds no JPEG frames: give a video file or a folder of .jpg frames")
+            "the directory holds no JPEG frames: give a video file or a folder of .jpg frames"
+        )
     try:
         with Image.open(frames[0]) as first:  # header only
             width, height = first.size
@@ -61,7 +65,8 @@ def _probe_file(path: Path, max_frames: int, max_pixels: int) -> VideoSource:
         if not capture.isOpened():
             raise InvalidArgument(
                 "the file is not a readable video (supported: MP4, AVI, MOV, MKV, WEBM with "
-                "codecs OpenCV's FFmpeg can decode); it may be truncated or corrupt")
+                "codecs OpenCV's FFmpeg can decode); it may be truncated or corrupt"
+            )
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -74,14 +79,17 @@ def _probe_file(path: Path, max_frames: int, max_pixels: int) -> VideoSource:
             _check_limits(VideoInfo(0, fps, width, height), max_frames, max_pixels)
         ok, frame = capture.read()
         if not ok or frame is None:
-            raise InvalidArgument("the video's first frame cannot be decoded; the file may be "
-                                  "truncated or use an unsupported codec")
+            raise InvalidArgument(
+                "the video's first frame cannot be decoded; the file may be "
+                "truncated or use an unsupported codec"
+            )
         frame_count = declared
         if declared <= 0 or not _frame_decodes(capture, declared - 1):
             # The container's count is missing or wrong (a truncated file): count for real.
             frame_count = _count_frames(capture, max_frames)
-        info = VideoInfo(frame_count=frame_count, fps=fps if fps < 1000 else 0.0,
-                         width=width, height=height)
+        info = VideoInfo(
+            frame_count=frame_count, fps=fps if fps < 1000 else 0.0, width=width, height=height
+        )
         _check_limits(info, max_frames, max_pixels)
         return VideoSource(path=str(path), info=info, is_frame_folder=False)
     finally:

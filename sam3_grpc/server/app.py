@@ -60,11 +60,13 @@ class Sam3Server:
             settings=settings,
             engine=engine,
             executor=self.executor,
-            cache=EmbeddingCache(max_entries=settings.cache_size,
-                                 max_bytes=settings.cache_max_bytes),
+            cache=EmbeddingCache(
+                max_entries=settings.cache_size, max_bytes=settings.cache_max_bytes
+            ),
             health=HealthState(SERVICE_NAMES),
             cpu_pool=concurrent.futures.ThreadPoolExecutor(
-                settings.cpu_workers, thread_name_prefix="cpu"),
+                settings.cpu_workers, thread_name_prefix="cpu"
+            ),
         )
         self.sessions = SessionManager(self.runtime)
         self.runtime.sessions = self.sessions
@@ -73,20 +75,27 @@ class Sam3Server:
         self.metrics.attach(self.runtime)
         interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(self.metrics)]
         if settings.auth_token_file:
-            interceptors.append(AuthInterceptor(load_tokens(settings.auth_token_file),
-                                                exempt_probes=settings.auth_exempt_probes))
+            interceptors.append(
+                AuthInterceptor(
+                    load_tokens(settings.auth_token_file), exempt_probes=settings.auth_exempt_probes
+                )
+            )
         interceptors.append(ErrorMappingInterceptor())
         self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(
-            SegmentationServicer(self.runtime), self.server)
+            SegmentationServicer(self.runtime), self.server
+        )
         video_service_pb2_grpc.add_VideoServiceServicer_to_server(
-            VideoServicer(self.runtime, self.sessions), self.server)
+            VideoServicer(self.runtime, self.sessions), self.server
+        )
         status_service_pb2_grpc.add_StatusServiceServicer_to_server(
-            StatusServicer(self.runtime), self.server)
+            StatusServicer(self.runtime), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.runtime.health.servicer, self.server)
         if settings.reflection:
             reflection.enable_server_reflection(
-                (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+                (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            )
         address = f"{settings.host}:{settings.port}"
         if settings.tls_cert:
             self.port = self.server.add_secure_port(address, server_credentials(settings))
@@ -104,7 +113,8 @@ class Sam3Server:
         await self.server.start()
         if self.settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(
-                self.settings.metrics_host or self.settings.host, self.settings.metrics_port)
+                self.settings.metrics_host or self.settings.host, self.settings.metrics_port
+            )
         self.executor.start()
         self.executor.add_depth_listener(runtime.health.on_queue_depth)
         await self.sessions.start()
@@ -116,12 +126,21 @@ class Sam3Server:
         await asyncio.wrap_future(self.executor.run_soon(lambda e: e.warmup(), label="warmup"))
         runtime.warmup_s = time.monotonic() - started
         info = engine.info
-        logger.info("model %s (%s) on %s ready: load %.1f s, warm-up %.1f s, weights: %s",
-                    info.name, info.kind.value, info.device, runtime.load_s, runtime.warmup_s,
-                    info.weights_source)
+        logger.info(
+            "model %s (%s) on %s ready: load %.1f s, warm-up %.1f s, weights: %s",
+            info.name,
+            info.kind.value,
+            info.device,
+            runtime.load_s,
+            runtime.warmup_s,
+            info.weights_source,
+        )
         if info.kind is not ModelKind.REAL:
-            logger.warning("model %s is not a trained SAM 3: its masks are not meaningful "
-                           "segmentations of real scenes", info.name)
+            logger.warning(
+                "model %s is not a trained SAM 3: its masks are not meaningful "
+                "segmentations of real scenes",
+                info.name,
+            )
         await runtime.health.set_ready()
         # Watched from here on: loading a large checkpoint may rightly take longer than a job.
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_executor())

@@ -66,33 +66,44 @@ def prompt_from_proto(message: common_pb2.Prompt, settings: Settings, where: str
     text = message.text.strip()
     if len(text) > settings.max_text_chars:
         raise InvalidArgument(
-            f"{where}.text has {len(text)} characters; at most {settings.max_text_chars} allowed")
+            f"{where}.text has {len(text)} characters; at most {settings.max_text_chars} allowed"
+        )
     geometry = len(message.boxes) + len(message.points)
     if geometry > settings.max_geometry_per_prompt:
         raise InvalidArgument(
             f"{where} has {geometry} boxes and points; at most "
-            f"{settings.max_geometry_per_prompt} allowed")
+            f"{settings.max_geometry_per_prompt} allowed"
+        )
     boxes = []
     for i, labeled in enumerate(message.boxes):
         what = f"{where}.boxes[{i}]"
         if not labeled.HasField("box"):
             raise InvalidArgument(f"{what}.box is missing")
         b = labeled.box
-        box = Box(_finite(b.x_min, f"{what}.box.x_min"), _finite(b.y_min, f"{what}.box.y_min"),
-                  _finite(b.x_max, f"{what}.box.x_max"), _finite(b.y_max, f"{what}.box.y_max"))
+        box = Box(
+            _finite(b.x_min, f"{what}.box.x_min"),
+            _finite(b.y_min, f"{what}.box.y_min"),
+            _finite(b.x_max, f"{what}.box.x_max"),
+            _finite(b.y_max, f"{what}.box.y_max"),
+        )
         if box.x_max <= box.x_min or box.y_max <= box.y_min:
             raise InvalidArgument(
                 f"{what}.box is empty or inverted ({box.x_min}, {box.y_min}, {box.x_max}, "
-                f"{box.y_max}): x_max must exceed x_min and y_max must exceed y_min")
+                f"{box.y_max}): x_max must exceed x_min and y_max must exceed y_min"
+            )
         boxes.append(LabeledBox(box, _positive(labeled.label, what)))
     points = []
     for i, labeled in enumerate(message.points):
         what = f"{where}.points[{i}]"
         if not labeled.HasField("point"):
             raise InvalidArgument(f"{what}.point is missing")
-        points.append(LabeledPoint(_finite(labeled.point.x, f"{what}.point.x"),
-                                   _finite(labeled.point.y, f"{what}.point.y"),
-                                   _positive(labeled.label, what)))
+        points.append(
+            LabeledPoint(
+                _finite(labeled.point.x, f"{what}.point.x"),
+                _finite(labeled.point.y, f"{what}.point.y"),
+                _positive(labeled.label, what),
+            )
+        )
     prompt = Prompt(text=text, boxes=tuple(boxes), points=tuple(points))
     if prompt.is_empty():
         raise InvalidArgument(f"{where} is empty: give text, boxes or points")
@@ -105,7 +116,8 @@ def prompts_from_proto(messages: Sequence[common_pb2.Prompt], settings: Settings
     if len(messages) > settings.max_prompts:
         raise InvalidArgument(
             f"{len(messages)} prompts given; this server accepts at most {settings.max_prompts} "
-            "per request: split them over several requests")
+            "per request: split them over several requests"
+        )
     return [prompt_from_proto(m, settings, f"prompts[{i}]") for i, m in enumerate(messages)]
 
 
@@ -115,16 +127,22 @@ def fit_prompt_to_image(prompt: Prompt, width: int, height: int, where: str) -> 
         if not (0 <= point.x < width and 0 <= point.y < height):
             raise InvalidArgument(
                 f"{where}.points[{i}] ({point.x}, {point.y}) lies outside the {width}x{height} "
-                "image; coordinates are pixels from the top-left corner")
+                "image; coordinates are pixels from the top-left corner"
+            )
     boxes = []
     for i, labeled in enumerate(prompt.boxes):
         b = labeled.box
-        clipped = Box(max(0.0, b.x_min), max(0.0, b.y_min), min(float(width), b.x_max),
-                      min(float(height), b.y_max))
+        clipped = Box(
+            max(0.0, b.x_min),
+            max(0.0, b.y_min),
+            min(float(width), b.x_max),
+            min(float(height), b.y_max),
+        )
         if clipped.x_max <= clipped.x_min or clipped.y_max <= clipped.y_min:
             raise InvalidArgument(
                 f"{where}.boxes[{i}] ({b.x_min}, {b.y_min}, {b.x_max}, {b.y_max}) lies outside "
-                f"the {width}x{height} image")
+                f"the {width}x{height} image"
+            )
         boxes.append(LabeledBox(clipped, labeled.positive))
     return Prompt(text=prompt.text, boxes=tuple(boxes), points=prompt.points)
 
@@ -137,7 +155,8 @@ def output_from_proto(
     tolerance = message.polygon_tolerance
     if not (math.isfinite(tolerance) and 0 <= tolerance <= MAX_POLYGON_TOLERANCE):
         raise InvalidArgument(
-            f"output.polygon_tolerance is {tolerance}; it must be in [0, {MAX_POLYGON_TOLERANCE}]")
+            f"output.polygon_tolerance is {tolerance}; it must be in [0, {MAX_POLYGON_TOLERANCE}]"
+        )
     threshold = default_threshold
     if message.HasField("score_threshold"):
         threshold = message.score_threshold
@@ -147,7 +166,8 @@ def output_from_proto(
     if max_detections > settings.max_detections:
         raise InvalidArgument(
             f"output.max_detections is {max_detections}; this server returns at most "
-            f"{settings.max_detections}")
+            f"{settings.max_detections}"
+        )
     return OutputSpec(
         mask_encoding=MASK_ENCODINGS[message.mask_encoding],
         include_polygons=message.include_polygons,
@@ -182,21 +202,22 @@ def detection_to_proto(
         area=mask_area,
     )
     if spec.mask_encoding == "rle":
-        detection.mask.CopyFrom(common_pb2.Mask(
-            width=width, height=height, rle_counts=masks.encode_rle(mask, box)))
+        detection.mask.CopyFrom(
+            common_pb2.Mask(width=width, height=height, rle_counts=masks.encode_rle(mask, box))
+        )
     elif spec.mask_encoding == "png":
         detection.mask.CopyFrom(
-            common_pb2.Mask(width=width, height=height, png=masks.encode_png(mask)))
+            common_pb2.Mask(width=width, height=height, png=masks.encode_png(mask))
+        )
     if spec.include_polygons:
         for polygon in masks.polygons(mask, spec.polygon_tolerance):
             detection.polygons.add().points.extend(
-                common_pb2.Point(x=float(x), y=float(y)) for x, y in polygon)
+                common_pb2.Point(x=float(x), y=float(y)) for x, y in polygon
+            )
     return detection
 
 
-def render_detections(
-    raw: Sequence[RawDetection], spec: OutputSpec
-) -> list[common_pb2.Detection]:
+def render_detections(raw: Sequence[RawDetection], spec: OutputSpec) -> list[common_pb2.Detection]:
     """Filters by score and area, keeps the best max_detections, and encodes each one."""
     kept: list[tuple[RawDetection, Box | None, int]] = []
     for detection in raw:

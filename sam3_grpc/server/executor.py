@@ -50,8 +50,17 @@ class ExecutorStats:
 
 
 class _Job:
-    __slots__ = ("fn", "label", "deadline", "loop", "future", "abandoned", "enqueued_at",
-                 "finish", "cpu_pool")
+    __slots__ = (
+        "fn",
+        "label",
+        "deadline",
+        "loop",
+        "future",
+        "abandoned",
+        "enqueued_at",
+        "finish",
+        "cpu_pool",
+    )
 
     def __init__(self, fn, label, deadline, loop, future) -> None:
         self.finish = None  # optional CPU-side stage after the device work
@@ -105,8 +114,12 @@ class DeviceExecutor:
             self._queue.clear()
             self._cv.notify_all()
         for job in pending:
-            self._resolve(job, exc=Unavailable("the server is shutting down; retry on another "
-                                               "replica or after it restarts"))
+            self._resolve(
+                job,
+                exc=Unavailable(
+                    "the server is shutting down; retry on another replica or after it restarts"
+                ),
+            )
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -188,7 +201,9 @@ class DeviceExecutor:
         except BaseException as exc:  # noqa: BLE001 - delivered to the caller
             self._resolve(job, exc=exc)
 
-    def run_soon(self, fn: Callable[[Engine], T], *, label: str = "cleanup") -> concurrent.futures.Future:
+    def run_soon(
+        self, fn: Callable[[Engine], T], *, label: str = "cleanup"
+    ) -> concurrent.futures.Future:
         """Queues internal work (closing a session, finishing a generator) that must run even
         when the queue is full and cannot be abandoned; returns a concurrent future."""
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -221,15 +236,18 @@ class DeviceExecutor:
             pending = list(self._queue)
             self._queue.clear()
             message = self._wedged_message_locked()
-        logger.error("device job has run for %.0f s: engine wedged, refusing work",
-                     self.running_for() or 0)
+        logger.error(
+            "device job has run for %.0f s: engine wedged, refusing work", self.running_for() or 0
+        )
         for job in pending:
             self._resolve(job, exc=Unavailable(message))
         self._notify_depth(0)
 
     def _wedged_message_locked(self) -> str:
-        return ("the model is stuck on a job that overran the server's --job-timeout; this "
-                "replica is unhealthy: retry on another replica")
+        return (
+            "the model is stuck on a job that overran the server's --job-timeout; this "
+            "replica is unhealthy: retry on another replica"
+        )
 
     def busy_seconds(self) -> float:
         running = self.running_for() or 0.0
@@ -265,9 +283,13 @@ class DeviceExecutor:
                     self._dropped += 1
             self._notify_depth(depth)
             if skip_reason == "deadline":
-                self._resolve(job, exc=DeadlineExceeded(
-                    "the deadline passed while the request waited in the server's queue; it was "
-                    "not run (allow a longer deadline or retry when the server is less busy)"))
+                self._resolve(
+                    job,
+                    exc=DeadlineExceeded(
+                        "the deadline passed while the request waited in the server's queue; it was "
+                        "not run (allow a longer deadline or retry when the server is less busy)"
+                    ),
+                )
                 continue
             if skip_reason == "abandoned":
                 logger.debug("dropped %s: caller went away before it ran", job.label)
@@ -287,7 +309,9 @@ class DeviceExecutor:
                     self._free_cached_memory()
                     error = ResourceExhausted(
                         "the device ran out of memory for this request; retry later, with a "
-                        "smaller image or video, or on another replica", retry_after_s=1.0)
+                        "smaller image or video, or on another replica",
+                        retry_after_s=1.0,
+                    )
                 else:
                     # A caller's failure is logged where it becomes INTERNAL (interceptors.py);
                     # internal jobs have no such caller, so their failures are logged here.
@@ -302,8 +326,9 @@ class DeviceExecutor:
                 self._completed += 1
                 self._mean_run_s = 0.9 * self._mean_run_s + 0.1 * elapsed
                 if self._wedged:
-                    logger.warning("the overrunning job finished after %.0f s; accepting work "
-                                   "again", elapsed)
+                    logger.warning(
+                        "the overrunning job finished after %.0f s; accepting work again", elapsed
+                    )
                     self._wedged = False
             if error is None and job.finish is not None and not job.abandoned:
                 try:

@@ -65,9 +65,13 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
 Wrap = Callable[[Callable[..., Any], str], Callable[..., Any]]
 
 
-def rewrap(handler: grpc.RpcMethodHandler, method: str, wrap_unary: Wrap,
-           wrap_stream: Wrap, deserializer: Callable[[bytes], Any] | None = None
-           ) -> grpc.RpcMethodHandler:
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    method: str,
+    wrap_unary: Wrap,
+    wrap_stream: Wrap,
+    deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
     """The same handler with its behavior wrapped, whatever its call shape."""
     shapes = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, wrap_unary),
@@ -78,8 +82,11 @@ def rewrap(handler: grpc.RpcMethodHandler, method: str, wrap_unary: Wrap,
     for attribute, build, wrap in shapes:
         behavior = getattr(handler, attribute)
         if behavior is not None:
-            return build(wrap(behavior, method), deserializer or handler.request_deserializer,
-                         handler.response_serializer)
+            return build(
+                wrap(behavior, method),
+                deserializer or handler.request_deserializer,
+                handler.response_serializer,
+            )
     return handler
 
 
@@ -106,8 +113,10 @@ def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 def _checked(message: Any) -> Any:
     if isinstance(message, _Malformed):
-        raise InvalidArgument("the request bytes are not a valid message of this method's "
-                              "request type; check the client uses the sam3_grpc.v1 protos")
+        raise InvalidArgument(
+            "the request bytes are not a valid message of this method's "
+            "request type; check the client uses the sam3_grpc.v1 protos"
+        )
     return message
 
 
@@ -157,8 +166,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         # Health and reflection are grpc's own handlers with their own error handling.
         if handler is None or method.startswith("/grpc."):
             return handler
-        return rewrap(handler, method, _map_unary, _map_stream,
-                      deserializer=_lenient(handler.request_deserializer))
+        return rewrap(
+            handler,
+            method,
+            _map_unary,
+            _map_stream,
+            deserializer=_lenient(handler.request_deserializer),
+        )
 
 
 # ----- authentication ------------------------------------------------------------------------
@@ -201,18 +215,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        error = Unauthenticated("missing or invalid token: send the metadata "
-                                "'authorization: Bearer <token>' with a token the server accepts")
+        error = Unauthenticated(
+            "missing or invalid token: send the metadata "
+            "'authorization: Bearer <token>' with a token the server accepts"
+        )
 
         def refuse_unary(behavior, method_name):
             async def refused(request_or_iterator, context):
                 await abort_with(context, error, method_name)
+
             return refused
 
         def refuse_stream(behavior, method_name):
             async def refused(request_or_iterator, context):
                 await abort_with(context, error, method_name)
                 yield  # an async generator, like the handler it replaces
+
             return refused
 
         return rewrap(handler, method, refuse_unary, refuse_stream)
@@ -256,11 +274,21 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         level = logging.DEBUG if record.method.startswith(PROBE_PREFIXES) else logging.INFO
         if call_logger.isEnabledFor(level):
             call_logger.log(
-                level, "%s %s %.1f ms session=%s peer=%s", record.method, code.name,
-                elapsed * 1000, record.session_id or "-", record.peer,
-                extra={"method": record.method, "code": code.name,
-                       "duration_ms": round(elapsed * 1000, 3),
-                       "session_id": record.session_id or None, "peer": record.peer})
+                level,
+                "%s %s %.1f ms session=%s peer=%s",
+                record.method,
+                code.name,
+                elapsed * 1000,
+                record.session_id or "-",
+                record.peer,
+                extra={
+                    "method": record.method,
+                    "code": code.name,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "session_id": record.session_id or None,
+                    "peer": record.peer,
+                },
+            )
 
     @contextlib.contextmanager
     def _observed(self, method: str, context, request_or_iterator):

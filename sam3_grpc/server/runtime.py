@@ -42,8 +42,11 @@ class Runtime:
         if self.health.shutting_down:
             raise Unavailable("the server is shutting down; retry on another replica")
         if not self.health.ready:
-            raise Unavailable("the model is still loading; retry in a few seconds (watch "
-                              "grpc.health.v1 for SERVING)", retry_after_s=2.0)
+            raise Unavailable(
+                "the model is still loading; retry in a few seconds (watch "
+                "grpc.health.v1 for SERVING)",
+                retry_after_s=2.0,
+            )
 
     async def on_cpu(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Runs CPU-side work (decode, mask encoding) on the CPU pool, off the device thread."""

@@ -19,8 +19,9 @@ from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
 def read_image_file(path: str, max_bytes: int) -> bytes:
     size = os.stat(path).st_size
     if size > max_bytes:
-        raise InvalidArgument(f"image file is {size} bytes; this server accepts at most "
-                              f"{max_bytes} bytes")
+        raise InvalidArgument(
+            f"image file is {size} bytes; this server accepts at most {max_bytes} bytes"
+        )
     with open(path, "rb") as handle:
         return handle.read(max_bytes + 1)
 
@@ -31,8 +32,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def _read_path(self, path: str) -> bytes:
         settings = self.runtime.settings
-        return read_image_file(str(resolve_media_path(path, settings.media_roots)),
-                               settings.max_image_bytes)
+        return read_image_file(
+            str(resolve_media_path(path, settings.media_roots)), settings.max_image_bytes
+        )
 
     async def SegmentImage(
         self, request: pb.SegmentImageRequest, context: grpc.aio.ServicerContext
@@ -42,20 +44,27 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         settings = runtime.settings
         prompts = convert.prompts_from_proto(request.prompts, settings)
         spec = convert.output_from_proto(
-            request.output, settings, runtime.engine.info.default_score_threshold)
+            request.output, settings, runtime.engine.info.default_score_threshold
+        )
         source = request.image.WhichOneof("source")
         if source is None:
             raise InvalidArgument("image is missing: set image.content (bytes) or image.path")
         cache = runtime.cache
 
         def prepare():  # CPU pool: read, decode, check prompts against the image size
-            data = (request.image.content if source == "content"
-                    else self._read_path(request.image.path))
-            image = decode_image(data, max_bytes=settings.max_image_bytes,
-                                 max_pixels=settings.max_image_pixels)
+            data = (
+                request.image.content
+                if source == "content"
+                else self._read_path(request.image.path)
+            )
+            image = decode_image(
+                data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+            )
             height, width = image.shape[:2]
-            fitted = [convert.fit_prompt_to_image(p, width, height, f"prompts[{i}]")
-                      for i, p in enumerate(prompts)]
+            fitted = [
+                convert.fit_prompt_to_image(p, width, height, f"prompts[{i}]")
+                for i, p in enumerate(prompts)
+            ]
             return image, content_key(data), fitted
 
         def run(engine, prepared):  # device thread: the encoding comes from the cache if it can
@@ -72,9 +81,15 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             response = pb.SegmentImageResponse(width=width, height=height, cache_hit=hit)
             for index, detections in enumerate(results):
                 response.results.add(
-                    prompt_index=index, detections=convert.render_detections(detections, spec))
+                    prompt_index=index, detections=convert.render_detections(detections, spec)
+                )
             return response
 
         return await runtime.executor.submit(
-            run, prepare=prepare, finish=finish, cpu_pool=runtime.cpu_pool,
-            deadline=deadline_of(context), label="SegmentImage")
+            run,
+            prepare=prepare,
+            finish=finish,
+            cpu_pool=runtime.cpu_pool,
+            deadline=deadline_of(context),
+            label="SegmentImage",
+        )

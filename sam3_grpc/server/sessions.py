@@ -61,7 +61,8 @@ class Session:
             except asyncio.TimeoutError:
                 raise FailedPrecondition(
                     f"session {self.session_id} is propagating; cancel that Propagate call or "
-                    "wait for it to finish") from None
+                    "wait for it to finish"
+                ) from None
 
     def set_propagating(self, value: bool) -> None:
         self.propagating = value
@@ -74,7 +75,8 @@ class Session:
         if self.pending_ops:
             raise FailedPrecondition(
                 f"session {self.session_id} has a prompt change in progress; call Propagate "
-                "after it has returned")
+                "after it has returned"
+            )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -156,8 +158,10 @@ class SessionManager:
     def get(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
         if session is None or session.closed:
-            raise NotFound(f"no session {session_id!r} on this server: it was closed, expired "
-                           "after being idle, or belongs to another replica")
+            raise NotFound(
+                f"no session {session_id!r} on this server: it was closed, expired "
+                "after being idle, or belongs to another replica"
+            )
         session.touch()
         return session
 
@@ -170,7 +174,9 @@ class SessionManager:
         if len(self._sessions) + self._opening >= self.settings.max_sessions:
             raise ResourceExhausted(
                 f"this server already holds {self.settings.max_sessions} video sessions; close "
-                "one (CloseSession) or wait for idle ones to expire", retry_after_s=5.0)
+                "one (CloseSession) or wait for idle ones to expire",
+                retry_after_s=5.0,
+            )
         self._opening += 1
 
     def release(self) -> None:
@@ -201,9 +207,14 @@ class SessionManager:
             self._free_state(session)
             raise
         self._sessions[session.session_id] = session
-        logger.info("session %s opened: %d frames %dx%d%s", session.session_id,
-                    source.info.frame_count, source.info.width, source.info.height,
-                    " (uploaded)" if session.uploaded else "")
+        logger.info(
+            "session %s opened: %d frames %dx%d%s",
+            session.session_id,
+            source.info.frame_count,
+            source.info.width,
+            source.info.height,
+            " (uploaded)" if session.uploaded else "",
+        )
         return session
 
     async def close(self, session_id: str, *, wait: bool = True) -> bool:
@@ -240,6 +251,9 @@ class SessionManager:
             now = time.time()
             for session in list(self._sessions.values()):
                 if not session.propagating and now >= self.expire_time(session):
-                    logger.info("session %s expired after %.0f s idle", session.session_id,
-                                now - session.last_used_at)
+                    logger.info(
+                        "session %s expired after %.0f s idle",
+                        session.session_id,
+                        now - session.last_used_at,
+                    )
                     await self.close(session.session_id)

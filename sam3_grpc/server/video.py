@@ -28,7 +28,8 @@ from sam3_grpc.server import convert
 from sam3_grpc.server.runtime import Runtime, deadline_of
 from sam3_grpc.server.sessions import Session, SessionManager
 from sam3_grpc.types import Direction, FrameOutput
-from sam3_grpc.v1 import common_pb2, video_service_pb2 as pb
+from sam3_grpc.v1 import common_pb2
+from sam3_grpc.v1 import video_service_pb2 as pb
 from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ def session_to_proto(session: Session, manager: SessionManager) -> pb.Session:
     info = session.source.info
     return pb.Session(
         session_id=session.session_id,
-        video=pb.VideoInfo(frame_count=info.frame_count, fps=info.fps, width=info.width,
-                           height=info.height),
+        video=pb.VideoInfo(
+            frame_count=info.frame_count, fps=info.fps, width=info.width, height=info.height
+        ),
         uploaded=session.uploaded,
         object_ids=session.object_ids,
         create_time=convert.timestamp(session.created_at),
@@ -61,8 +63,12 @@ def on_session(session: Session, fn: Callable[[Any, Any], Any]):
         if session.closed:
             raise NotFound(f"session {session.session_id} was closed")
         result = fn(engine, session.state)
-        return (result, engine.object_ids(session.state), engine.prompted_frames(session.state),
-                engine.session_nbytes(session.state))
+        return (
+            result,
+            engine.object_ids(session.state),
+            engine.prompted_frames(session.state),
+            engine.session_nbytes(session.state),
+        )
 
     return run
 
@@ -77,18 +83,24 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         session.pending_ops += 1
         try:
             result, object_ids, prompted, nbytes = await self.runtime.executor.submit(
-                on_session(session, fn), deadline=deadline_of(context), label=label)
+                on_session(session, fn), deadline=deadline_of(context), label=label
+            )
         finally:
             session.pending_ops -= 1
         session.object_ids, session.prompted_frames, session.memory_bytes = (
-            object_ids, prompted, nbytes)
+            object_ids,
+            prompted,
+            nbytes,
+        )
         session.touch()
         return result
 
-    def _frame_to_proto(self, frame: FrameOutput, spec: convert.OutputSpec) -> common_pb2.FrameResult:
+    def _frame_to_proto(
+        self, frame: FrameOutput, spec: convert.OutputSpec
+    ) -> common_pb2.FrameResult:
         return common_pb2.FrameResult(
-            frame_index=frame.frame_index,
-            objects=convert.render_detections(frame.objects, spec))
+            frame_index=frame.frame_index, objects=convert.render_detections(frame.objects, spec)
+        )
 
     def _video_output(self, options: common_pb2.OutputOptions) -> convert.OutputSpec:
         # Tracked objects are kept whatever their score unless the caller sets a threshold.
@@ -96,18 +108,23 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
 
     async def _open(self, source, upload_path: Path | None, context) -> Session:
         return await self.sessions.open_reserved(
-            source, upload_path=upload_path, deadline=deadline_of(context))
+            source, upload_path=upload_path, deadline=deadline_of(context)
+        )
 
     def _probe(self, path: Path):
         settings = self.runtime.settings
-        return probe_video(path, max_frames=settings.max_frames,
-                           max_pixels=settings.max_video_pixels)
+        return probe_video(
+            path, max_frames=settings.max_frames, max_pixels=settings.max_video_pixels
+        )
 
     # ----- opening sessions ------------------------------------------------------------------
-    async def StartSession(self, request: pb.StartSessionRequest, context) -> pb.StartSessionResponse:
+    async def StartSession(
+        self, request: pb.StartSessionRequest, context
+    ) -> pb.StartSessionResponse:
         self.runtime.require_ready()
-        path = resolve_media_path(request.video_path, self.runtime.settings.media_roots,
-                                  allow_dirs=True)
+        path = resolve_media_path(
+            request.video_path, self.runtime.settings.media_roots, allow_dirs=True
+        )
         self.sessions.reserve()
         try:
             source = await self.runtime.on_cpu(self._probe, path)
@@ -125,8 +142,9 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         slots = self.sessions.upload_slots
         if slots.locked():
             raise ResourceExhausted(
-                f"{settings.max_concurrent_uploads} uploads are already in progress; retry "
-                "shortly", retry_after_s=2.0)
+                f"{settings.max_concurrent_uploads} uploads are already in progress; retry shortly",
+                retry_after_s=2.0,
+            )
         async with slots:
             self.sessions.reserve()
             try:
@@ -143,21 +161,25 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         except asyncio.TimeoutError:
             raise DeadlineExceeded(
                 f"no upload data for {timeout:.0f} s; the upload was abandoned, send chunks "
-                "without long pauses") from None
+                "without long pauses"
+            ) from None
 
     async def _receive_upload(self, iterator, context) -> pb.UploadVideoResponse:
         settings = self.runtime.settings
         first = await self._next_message(iterator)
         if first is None or first.WhichOneof("payload") != "metadata":
-            raise InvalidArgument("the first UploadVideo message must carry metadata (filename, "
-                                  "size_bytes, optional sha256); chunks follow it")
+            raise InvalidArgument(
+                "the first UploadVideo message must carry metadata (filename, "
+                "size_bytes, optional sha256); chunks follow it"
+            )
         meta = first.metadata
         if meta.size_bytes == 0:
             raise InvalidArgument("metadata.size_bytes is 0: declare the file's size in bytes")
         if meta.size_bytes > settings.max_upload_bytes:
             raise ResourceExhausted(
                 f"the upload declares {meta.size_bytes} bytes; this server accepts at most "
-                f"{settings.max_upload_bytes} bytes per video")
+                f"{settings.max_upload_bytes} bytes per video"
+            )
         expected_sha = meta.sha256.strip().lower()
         if expected_sha and not _SHA256.match(expected_sha):
             raise InvalidArgument("metadata.sha256 must be 64 lower-case hex digits")
@@ -173,21 +195,26 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
             try:
                 while (message := await self._next_message(iterator)) is not None:
                     if message.WhichOneof("payload") != "chunk":
-                        raise InvalidArgument("only the first UploadVideo message may carry "
-                                              "metadata; every later one must be a chunk")
+                        raise InvalidArgument(
+                            "only the first UploadVideo message may carry "
+                            "metadata; every later one must be a chunk"
+                        )
                     chunk = message.chunk
                     received += len(chunk)
                     if received > settings.max_upload_bytes:
                         raise ResourceExhausted(
                             f"the upload passed this server's limit of "
-                            f"{settings.max_upload_bytes} bytes; nothing was kept")
+                            f"{settings.max_upload_bytes} bytes; nothing was kept"
+                        )
                     if received > meta.size_bytes:
                         raise InvalidArgument(
-                            f"received more than the declared {meta.size_bytes} bytes")
+                            f"received more than the declared {meta.size_bytes} bytes"
+                        )
                     if writing is not None:
                         await writing  # at most two chunks in memory: flat whatever the size
                     writing = asyncio.ensure_future(
-                        self.runtime.on_cpu(_write_and_hash, handle, hasher, chunk))
+                        self.runtime.on_cpu(_write_and_hash, handle, hasher, chunk)
+                    )
                     self.runtime.metrics.upload_bytes.inc(len(chunk))
                 if writing is not None:
                     await writing
@@ -201,15 +228,19 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
             if received != meta.size_bytes:
                 raise InvalidArgument(
                     f"received {received} bytes but metadata declared {meta.size_bytes}; the "
-                    "upload is incomplete")
+                    "upload is incomplete"
+                )
             if expected_sha and hasher.hexdigest() != expected_sha:
-                raise DataLoss("the SHA-256 of the received bytes differs from metadata.sha256;"
-                               " the file was corrupted in transit: upload it again")
+                raise DataLoss(
+                    "the SHA-256 of the received bytes differs from metadata.sha256;"
+                    " the file was corrupted in transit: upload it again"
+                )
             source = await self.runtime.on_cpu(self._probe, path)
             session = await self._open(source, path, context)
             keep = True
             return pb.UploadVideoResponse(
-                session=session_to_proto(session, self.sessions), received_bytes=received)
+                session=session_to_proto(session, self.sessions), received_bytes=received
+            )
         finally:
             if not keep:
                 path.unlink(missing_ok=True)
@@ -221,41 +252,58 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         await session.require_idle()
         info = session.source.info
         if request.frame_index >= info.frame_count:
-            raise InvalidArgument(f"frame_index {request.frame_index} is outside the video's "
-                                  f"{info.frame_count} frames [0, {info.frame_count})")
+            raise InvalidArgument(
+                f"frame_index {request.frame_index} is outside the video's "
+                f"{info.frame_count} frames [0, {info.frame_count})"
+            )
         if not request.HasField("prompt"):
             raise InvalidArgument("prompt is missing: give text, boxes or points")
         prompt = convert.prompt_from_proto(request.prompt, self.runtime.settings, "prompt")
         prompt = convert.fit_prompt_to_image(prompt, info.width, info.height, "prompt")
         object_id = request.object_id if request.HasField("object_id") else None
         if object_id is not None and object_id not in session.object_ids:
-            raise InvalidArgument(f"object_id {object_id} is not tracked in this session "
-                                  f"(tracked: {session.object_ids or 'none'})")
+            raise InvalidArgument(
+                f"object_id {object_id} is not tracked in this session "
+                f"(tracked: {session.object_ids or 'none'})"
+            )
         spec = self._video_output(request.output)
         frame, affected = await self._run_on_session(
-            session, lambda engine, state: engine.add_prompt(
-                state, request.frame_index, prompt, object_id), context, "AddPrompt")
+            session,
+            lambda engine, state: engine.add_prompt(state, request.frame_index, prompt, object_id),
+            context,
+            "AddPrompt",
+        )
         rendered = await self.runtime.on_cpu(self._frame_to_proto, frame, spec)
         return pb.AddPromptResponse(frame=rendered, object_ids=affected)
 
-    async def RemoveObject(self, request: pb.RemoveObjectRequest, context) -> pb.RemoveObjectResponse:
+    async def RemoveObject(
+        self, request: pb.RemoveObjectRequest, context
+    ) -> pb.RemoveObjectResponse:
         self.runtime.require_ready()
         session = self.sessions.get(request.session_id)
         await session.require_idle()
         if request.object_id not in session.object_ids:
-            raise InvalidArgument(f"object_id {request.object_id} is not tracked in this session "
-                                  f"(tracked: {session.object_ids or 'none'})")
+            raise InvalidArgument(
+                f"object_id {request.object_id} is not tracked in this session "
+                f"(tracked: {session.object_ids or 'none'})"
+            )
         await self._run_on_session(
-            session, lambda engine, state: engine.remove_object(state, request.object_id),
-            context, "RemoveObject")
+            session,
+            lambda engine, state: engine.remove_object(state, request.object_id),
+            context,
+            "RemoveObject",
+        )
         return pb.RemoveObjectResponse(session=session_to_proto(session, self.sessions))
 
-    async def ResetSession(self, request: pb.ResetSessionRequest, context) -> pb.ResetSessionResponse:
+    async def ResetSession(
+        self, request: pb.ResetSessionRequest, context
+    ) -> pb.ResetSessionResponse:
         self.runtime.require_ready()
         session = self.sessions.get(request.session_id)
         await session.require_idle()
         await self._run_on_session(
-            session, lambda engine, state: engine.reset_session(state), context, "ResetSession")
+            session, lambda engine, state: engine.reset_session(state), context, "ResetSession"
+        )
         return pb.ResetSessionResponse(session=session_to_proto(session, self.sessions))
 
     # ----- propagation -----------------------------------------------------------------------
@@ -265,8 +313,9 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         if request.HasField("start_frame_index"):
             start = request.start_frame_index
             if start >= frame_count:
-                raise InvalidArgument(f"start_frame_index {start} is outside the video's "
-                                      f"{frame_count} frames")
+                raise InvalidArgument(
+                    f"start_frame_index {start} is outside the video's {frame_count} frames"
+                )
         elif direction is Direction.BACKWARD:
             start = max(session.prompted_frames)
         else:
@@ -281,8 +330,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         session = self.sessions.get(request.session_id)
         await session.require_idle()
         if not session.prompted_frames:
-            raise FailedPrecondition("the session has no prompts: call AddPrompt before "
-                                     "Propagate")
+            raise FailedPrecondition("the session has no prompts: call AddPrompt before Propagate")
         spec = self._video_output(request.output)
         forward, backward = self._plan(session, request)
         total = len(forward) + len(backward)
@@ -301,14 +349,16 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         async def produce() -> None:
             try:
                 for _ in range(total):
-                    frame = await runtime.executor.submit(step, deadline=deadline,
-                                                          label="Propagate")
+                    frame = await runtime.executor.submit(
+                        step, deadline=deadline, label="Propagate"
+                    )
                     if frame is _END:
                         raise Internal("the engine produced fewer frames than planned")
                     # Encoding starts now on the CPU pool, overlapping the next device step;
                     # the bounded queue blocks while the reader is behind: backpressure.
-                    await frames.put(asyncio.ensure_future(
-                        runtime.on_cpu(self._frame_to_proto, frame, spec)))
+                    await frames.put(
+                        asyncio.ensure_future(runtime.on_cpu(self._frame_to_proto, frame, spec))
+                    )
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -352,11 +402,16 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         session = self.sessions.get(request.session_id)
         return pb.GetSessionResponse(session=session_to_proto(session, self.sessions))
 
-    async def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context
+    ) -> pb.ListSessionsResponse:
         return pb.ListSessionsResponse(
-            sessions=[session_to_proto(s, self.sessions) for s in self.sessions.list()])
+            sessions=[session_to_proto(s, self.sessions) for s in self.sessions.list()]
+        )
 
-    async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context
+    ) -> pb.CloseSessionResponse:
         return pb.CloseSessionResponse(closed=await self.sessions.close(request.session_id))
 
 

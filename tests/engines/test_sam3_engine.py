@@ -151,8 +151,13 @@ def test_missing_checkpoint_explains_how_to_get_the_weights(tmp_path, monkeypatc
     with pytest.raises(ConfigurationError) as raised:
         real.load()
     message = str(raised.value)
-    for needle in ("--checkpoint", "facebook/sam3", "huggingface-cli login",
-                   "huggingface-cli download facebook/sam3 sam3.pt", "sam3-tiny"):
+    for needle in (
+        "--checkpoint",
+        "facebook/sam3",
+        "huggingface-cli login",
+        "huggingface-cli download facebook/sam3 sam3.pt",
+        "sam3-tiny",
+    ):
         assert needle in message
     assert not real.loaded
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sam3_grpc.engines.base import propagation_plan
 from sam3_grpc.engines import synthetic
+from sam3_grpc.engines.base import propagation_plan
 from sam3_grpc.engines.synthetic import COLOURS, SyntheticEngine
 from sam3_grpc.errors import FailedPrecondition, InvalidArgument
 from sam3_grpc.types import (

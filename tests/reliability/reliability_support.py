@@ -15,8 +15,8 @@ from collections import Counter
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from helpers import disc_clip, write_video
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import video_service_pb2 as video_pb
 
@@ -26,8 +26,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def health(channel: grpc.Channel, service: str = "", timeout: float = 1.0) -> int:
     """One health Check; the timeout doubles as the liveness bound ("answers within 1 s")."""
-    return health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        .status
+    )
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.01, what: str = "condition"):
@@ -43,20 +46,30 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.01, what: str
 
 def small_clip(path, frames: int = 16, width: int = 64, height: int = 48) -> str:
     """A lossless AVI of a red disc moving right (the synthetic engine tracks it exactly)."""
-    images, _ = disc_clip(frames=frames, width=width, height=height, radius=8,
-                          step=max(1, (width - 24) // max(1, frames)))
+    images, _ = disc_clip(
+        frames=frames,
+        width=width,
+        height=height,
+        radius=8,
+        step=max(1, (width - 24) // max(1, frames)),
+    )
     return write_video(path, images)
 
 
 def session_of(server, session_id: str) -> video_pb.Session:
-    return server.video.GetSession(video_pb.GetSessionRequest(session_id=session_id),
-                                   timeout=10).session
+    return server.video.GetSession(
+        video_pb.GetSessionRequest(session_id=session_id), timeout=10
+    ).session
 
 
 def wait_idle(server, session_ids, timeout: float = 20.0) -> None:
     """Until no session of session_ids is propagating (a cancelled stream has torn down)."""
-    wait_for(lambda: not any(session_of(server, s).propagating for s in session_ids),
-             timeout=timeout, interval=0.02, what="sessions idle")
+    wait_for(
+        lambda: not any(session_of(server, s).propagating for s in session_ids),
+        timeout=timeout,
+        interval=0.02,
+        what="sessions idle",
+    )
 
 
 def resources() -> tuple[int, int]:

@@ -14,13 +14,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from reliability_support import SERVING, small_clip
+from test_executor import segment_request
+from test_video import upload_files, upload_requests
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import common_pb2, segmentation_service_pb2_grpc, status_service_pb2
 from sam3_grpc.v1 import video_service_pb2 as pb
-from test_executor import segment_request
-from test_video import upload_files, upload_requests
 
 TOKENS = ("s3cr3t-token-one", "second-token")
 RIGHT = [("authorization", f"Bearer {TOKENS[0]}")]
@@ -48,27 +48,39 @@ def guarded(start_server, tmp_path):
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# ops tokens\n{TOKENS[0]}\n\n{TOKENS[1]}\n")
     engine = SyntheticEngine()
-    server = start_server(engine, auth_token_file=str(token_file),
-                          upload_dir=str(tmp_path / "uploads"))
+    server = start_server(
+        engine, auth_token_file=str(token_file), upload_dir=str(tmp_path / "uploads")
+    )
     clip = small_clip(tmp_path / "clip.avi", frames=6)
     with open(clip, "rb") as handle:
         data = handle.read()
-    sid = server.video.UploadVideo(upload_requests(data), metadata=RIGHT,
-                                   timeout=30).session.session_id
-    server.video.AddPrompt(pb.AddPromptRequest(session_id=sid, prompt=common_pb2.Prompt(
-        text="red")), metadata=RIGHT, timeout=30)
+    sid = server.video.UploadVideo(
+        upload_requests(data), metadata=RIGHT, timeout=30
+    ).session.session_id
+    server.video.AddPrompt(
+        pb.AddPromptRequest(session_id=sid, prompt=common_pb2.Prompt(text="red")),
+        metadata=RIGHT,
+        timeout=30,
+    )
     return server, engine, sid, data
 
 
 def _snapshot(server, engine, sid):
     """Everything a call could have changed: engine calls, executor counters, upload files and
     the session (read with ListSessions, which does not touch last_use_time)."""
-    (session,) = server.video.ListSessions(pb.ListSessionsRequest(), metadata=RIGHT,
-                                           timeout=10).sessions
+    (session,) = server.video.ListSessions(
+        pb.ListSessionsRequest(), metadata=RIGHT, timeout=10
+    ).sessions
     assert session.session_id == sid
     stats = server.server.executor.stats()
-    return (dict(engine.calls), stats.completed, stats.dropped, upload_files(server),
-            session.last_use_time.ToNanoseconds(), list(session.object_ids))
+    return (
+        dict(engine.calls),
+        stats.completed,
+        stats.dropped,
+        upload_files(server),
+        session.last_use_time.ToNanoseconds(),
+        list(session.object_ids),
+    )
 
 
 def _held_upload(data: bytes, release: threading.Event, sent: list):
@@ -89,30 +101,46 @@ def test_refused_on_every_call_shape_and_nothing_happens(guarded, credentials):
     sent: list = []
     calls = {
         "unary SegmentImage": lambda: server.segmentation.SegmentImage(
-            segment_request(1), metadata=metadata, timeout=10),
+            segment_request(1), metadata=metadata, timeout=10
+        ),
         # The refusal arrives while the client still holds its upload stream open: the server
         # did not wait for (or store) a single byte.
         "client-stream UploadVideo": lambda: server.video.UploadVideo(
-            _held_upload(data, release, sent), metadata=metadata, timeout=10),
-        "server-stream Propagate": lambda: list(server.video.Propagate(
-            pb.PropagateRequest(session_id=sid), metadata=metadata, timeout=10)),
-        "AddPrompt": lambda: server.video.AddPrompt(pb.AddPromptRequest(
-            session_id=sid, frame_index=1, prompt=common_pb2.Prompt(text="red")),
-            metadata=metadata, timeout=10),
-        "RemoveObject": lambda: server.video.RemoveObject(pb.RemoveObjectRequest(
-            session_id=sid, object_id=1), metadata=metadata, timeout=10),
-        "ResetSession": lambda: server.video.ResetSession(pb.ResetSessionRequest(
-            session_id=sid), metadata=metadata, timeout=10),
-        "GetSession": lambda: server.video.GetSession(pb.GetSessionRequest(
-            session_id=sid), metadata=metadata, timeout=10),
-        "CloseSession": lambda: server.video.CloseSession(pb.CloseSessionRequest(
-            session_id=sid), metadata=metadata, timeout=10),
-        "StartSession": lambda: server.video.StartSession(pb.StartSessionRequest(
-            video_path="clip.avi"), metadata=metadata, timeout=10),
-        "ListSessions": lambda: server.video.ListSessions(pb.ListSessionsRequest(),
-                                                          metadata=metadata, timeout=10),
+            _held_upload(data, release, sent), metadata=metadata, timeout=10
+        ),
+        "server-stream Propagate": lambda: list(
+            server.video.Propagate(
+                pb.PropagateRequest(session_id=sid), metadata=metadata, timeout=10
+            )
+        ),
+        "AddPrompt": lambda: server.video.AddPrompt(
+            pb.AddPromptRequest(
+                session_id=sid, frame_index=1, prompt=common_pb2.Prompt(text="red")
+            ),
+            metadata=metadata,
+            timeout=10,
+        ),
+        "RemoveObject": lambda: server.video.RemoveObject(
+            pb.RemoveObjectRequest(session_id=sid, object_id=1), metadata=metadata, timeout=10
+        ),
+        "ResetSession": lambda: server.video.ResetSession(
+            pb.ResetSessionRequest(session_id=sid), metadata=metadata, timeout=10
+        ),
+        "GetSession": lambda: server.video.GetSession(
+            pb.GetSessionRequest(session_id=sid), metadata=metadata, timeout=10
+        ),
+        "CloseSession": lambda: server.video.CloseSession(
+            pb.CloseSessionRequest(session_id=sid), metadata=metadata, timeout=10
+        ),
+        "StartSession": lambda: server.video.StartSession(
+            pb.StartSessionRequest(video_path="clip.avi"), metadata=metadata, timeout=10
+        ),
+        "ListSessions": lambda: server.video.ListSessions(
+            pb.ListSessionsRequest(), metadata=metadata, timeout=10
+        ),
         "GetServerStatus": lambda: server.status.GetServerStatus(
-            status_service_pb2.GetServerStatusRequest(), metadata=metadata, timeout=10),
+            status_service_pb2.GetServerStatusRequest(), metadata=metadata, timeout=10
+        ),
     }
     try:
         for name, call in calls.items():
@@ -132,15 +160,18 @@ def test_refused_on_every_call_shape_and_nothing_happens(guarded, credentials):
 def test_accepted_on_every_call_shape(guarded, credentials):
     server, engine, sid, data = guarded
     metadata = ACCEPTED[credentials]
-    assert server.segmentation.SegmentImage(segment_request(2), metadata=metadata,
-                                            timeout=30).results
+    assert server.segmentation.SegmentImage(
+        segment_request(2), metadata=metadata, timeout=30
+    ).results
     reply = server.video.UploadVideo(upload_requests(data), metadata=metadata, timeout=30)
     assert reply.received_bytes == len(data)
-    frames = list(server.video.Propagate(pb.PropagateRequest(session_id=sid),
-                                         metadata=metadata, timeout=30))
+    frames = list(
+        server.video.Propagate(pb.PropagateRequest(session_id=sid), metadata=metadata, timeout=30)
+    )
     assert len(frames) == 6
-    assert server.video.CloseSession(pb.CloseSessionRequest(
-        session_id=reply.session.session_id), metadata=metadata, timeout=10).closed
+    assert server.video.CloseSession(
+        pb.CloseSessionRequest(session_id=reply.session.session_id), metadata=metadata, timeout=10
+    ).closed
 
 
 def test_probes_need_no_token(guarded):
@@ -151,8 +182,9 @@ def test_probes_need_no_token(guarded):
     assert next(watch).status == SERVING
     watch.cancel()
     reflection = reflection_pb2_grpc.ServerReflectionStub(server.channel)
-    replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        list_services="")]), timeout=5)
+    replies = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
     names = {s.name for r in replies for s in r.list_services_response.service}
     assert "sam3_grpc.v1.SegmentationService" in names
 
@@ -171,27 +203,48 @@ def _certificates(directory):
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("reliability test CA"))
-          .issuer_name(name("reliability test CA")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("reliability test CA"))
+        .issuer_name(name("reliability test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem",
-             "key": directory / "server.key"}
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {
+        "ca": directory / "ca.pem",
+        "cert": directory / "server.pem",
+        "key": directory / "server.key",
+    }
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    paths["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return paths
 
 
@@ -200,8 +253,12 @@ def test_tls_server_refuses_plaintext_and_checks_tokens_over_tls(start_server, t
     token_file = tmp_path / "tokens"
     token_file.write_text(TOKENS[0] + "\n")
     engine = SyntheticEngine()
-    server = start_server(engine, tls_cert=str(paths["cert"]), tls_key=str(paths["key"]),
-                          auth_token_file=str(token_file))
+    server = start_server(
+        engine,
+        tls_cert=str(paths["cert"]),
+        tls_key=str(paths["key"]),
+        auth_token_file=str(token_file),
+    )
     encodes = engine.calls["encode_image"]
     # Plaintext against TLS: the handshake fails, no call gets through.
     with grpc.insecure_channel(server.target) as plain:
@@ -210,13 +267,18 @@ def test_tls_server_refuses_plaintext_and_checks_tokens_over_tls(start_server, t
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         with pytest.raises(grpc.RpcError) as caught:
             segmentation_service_pb2_grpc.SegmentationServiceStub(plain).SegmentImage(
-                segment_request(1), metadata=RIGHT, timeout=3)
+                segment_request(1), metadata=RIGHT, timeout=3
+            )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     credentials = grpc.ssl_channel_credentials(root_certificates=paths["ca"].read_bytes())
     with grpc.secure_channel(server.target, credentials) as secure:
         stub = segmentation_service_pb2_grpc.SegmentationServiceStub(secure)
-        assert health_pb2_grpc.HealthStub(secure).Check(
-            health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+        assert (
+            health_pb2_grpc.HealthStub(secure)
+            .Check(health_pb2.HealthCheckRequest(), timeout=10)
+            .status
+            == SERVING
+        )
         with pytest.raises(grpc.RpcError) as caught:
             stub.SegmentImage(segment_request(2), timeout=10)
         assert caught.value.code() == UNAUTHENTICATED

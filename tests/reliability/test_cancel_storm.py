@@ -23,14 +23,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
-
 from helpers import Gate
 from reliability_support import (
-    SERVING, TaggingEngine, health, resources, small_clip, wait_for, wait_idle,
+    SERVING,
+    TaggingEngine,
+    health,
+    resources,
+    small_clip,
+    wait_for,
+    wait_idle,
 )
-from sam3_grpc.v1 import video_service_pb2 as pb
 from test_executor import queue_status, segment_request
 from test_video import add_text, propagate, upload
+
+from sam3_grpc.v1 import video_service_pb2 as pb
 
 SEED = 20240611
 ROUNDS = 6
@@ -82,8 +88,9 @@ def test_cancel_storm(start_server, tmp_path):
     session_ids = [upload(server, clip).session_id for _ in range(SESSIONS)]
     for sid in session_ids:
         add_text(server, sid)
-        engine.session_of_state[id(server.server.sessions.get(sid).state)] = \
+        engine.session_of_state[id(server.server.sessions.get(sid).state)] = (
             server.server.sessions.get(sid)
+        )
     state_of = {sid: id(server.server.sessions.get(sid).state) for sid in session_ids}
     # Warm up every kind of call once so lazily created threads exist before the baseline.
     server.segmentation.SegmentImage(segment_request(60000), timeout=30)
@@ -120,10 +127,14 @@ def test_cancel_storm(start_server, tmp_path):
             gate.wait_entered()
             release = threading.Event()
             base = round_index * SEGMENTS_PER_ROUND
-            segments = [Call("segment", base + i, _plan(rng), delay=rng.uniform(0, 0.03))
-                        for i in range(SEGMENTS_PER_ROUND)]
-            streams = [Call("propagate", sid, _plan(rng), delay=rng.randint(0, FRAMES - 2))
-                       for sid in session_ids]
+            segments = [
+                Call("segment", base + i, _plan(rng), delay=rng.uniform(0, 0.03))
+                for i in range(SEGMENTS_PER_ROUND)
+            ]
+            streams = [
+                Call("propagate", sid, _plan(rng), delay=rng.randint(0, FRAMES - 2))
+                for sid in session_ids
+            ]
             calls += segments + streams
 
             def submit(share: list[Call]) -> None:
@@ -134,19 +145,22 @@ def test_cancel_storm(start_server, tmp_path):
             list(workers.map(submit, [segments[i::THREADS] for i in range(THREADS)]))
             for call in streams:
                 queued_steps_before[call.key] = engine.steps[state_of[call.key]]
-                call.handle = video.Propagate(pb.PropagateRequest(session_id=call.key),
-                                              timeout=60)
+                call.handle = video.Propagate(pb.PropagateRequest(session_id=call.key), timeout=60)
                 readers.submit(_read_stream, call, release)
             expected_depth = len(segments) + len(streams)  # one first step per stream
-            wait_for(lambda: queue_status(server).depth == expected_depth,
-                     what=f"round {round_index}: everything queued")
+            wait_for(
+                lambda: queue_status(server).depth == expected_depth,
+                what=f"round {round_index}: everything queued",
+            )
             doomed = [c for c in segments + streams if c.plan == "queued"]
             rng.shuffle(doomed)
             for call in doomed:
                 call.cancelled = call.handle.cancel()
             executor = server.server.executor
-            wait_for(lambda: sum(job.abandoned for job in list(executor._queue)) == len(doomed),
-                     what=f"round {round_index}: server saw the cancellations")
+            wait_for(
+                lambda: sum(job.abandoned for job in list(executor._queue)) == len(doomed),
+                what=f"round {round_index}: server saw the cancellations",
+            )
 
             # Release, and cancel the "flight" image calls at random moments meanwhile.
             released_at = time.monotonic()
@@ -175,8 +189,9 @@ def test_cancel_storm(start_server, tmp_path):
             # Propagations cancelled while queued never ran a single step.
             for call in streams:
                 if call.plan == "queued":
-                    assert engine.steps[state_of[call.key]] == queued_steps_before[call.key], \
+                    assert engine.steps[state_of[call.key]] == queued_steps_before[call.key], (
                         f"round {round_index}: a cancelled, queued Propagate ran"
+                    )
     finally:
         engine.before_call = None
         stop_polling.set()
@@ -203,16 +218,20 @@ def test_cancel_storm(start_server, tmp_path):
             assert ran[call.key] == 1, f"image {call.key} succeeded but ran {ran[call.key]}x"
         else:
             assert ran[call.key] <= 1, f"image {call.key} ran {ran[call.key]} times"
-    known = {c.key for c in calls if c.kind == "segment"} | {60000, None} | {
-        50000 + r for r in range(ROUNDS)}
+    known = (
+        {c.key for c in calls if c.kind == "segment"}
+        | {60000, None}
+        | {50000 + r for r in range(ROUNDS)}
+    )
     assert set(ran) <= known
     # Streams read to the end got every frame; no step ran for a stream already torn down,
     # except at most the one dequeued as its cancellation arrived.
     for call in calls:
         if call.kind == "propagate" and call.plan == "keep":
             assert (call.code, call.frames) == (grpc.StatusCode.OK, FRAMES)
-    cancelled_streams = sum(1 for c in calls if c.kind == "propagate"
-                            and c.code == grpc.StatusCode.CANCELLED)
+    cancelled_streams = sum(
+        1 for c in calls if c.kind == "propagate" and c.code == grpc.StatusCode.CANCELLED
+    )
     assert len(engine.orphan_steps) <= cancelled_streams
 
     # Health answered SERVING within its 1 s deadline on every poll.
@@ -224,10 +243,18 @@ def test_cancel_storm(start_server, tmp_path):
     time.sleep(0.2)
     assert (len(engine.encoded), sum(engine.steps.values())) == (encodes, steps)
     # Threads and file descriptors return to their baseline (small slack for grpc's pollers).
-    wait_for(lambda: resources()[0] <= baseline_threads + 3, timeout=15, interval=0.1,
-             what=f"threads back to baseline {baseline_threads} (now {resources()[0]})")
-    wait_for(lambda: resources()[1] <= baseline_fds + 8, timeout=15, interval=0.1,
-             what=f"open files back to baseline {baseline_fds} (now {resources()[1]})")
+    wait_for(
+        lambda: resources()[0] <= baseline_threads + 3,
+        timeout=15,
+        interval=0.1,
+        what=f"threads back to baseline {baseline_threads} (now {resources()[0]})",
+    )
+    wait_for(
+        lambda: resources()[1] <= baseline_fds + 8,
+        timeout=15,
+        interval=0.1,
+        what=f"open files back to baseline {baseline_fds} (now {resources()[1]})",
+    )
     # The sessions survived the storm and still work end to end.
     for sid in session_ids:
         assert len(propagate(server, sid, max_frames=3)) == 3

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from helpers import retry_info
 from reliability_support import small_clip, wait_idle
-from sam3_grpc.engines.synthetic import SyntheticEngine
-from sam3_grpc.v1 import video_service_pb2 as pb
 from test_executor import segment_request
 from test_video import add_text, propagate, upload, upload_files
+
+from sam3_grpc.engines.synthetic import SyntheticEngine
+from sam3_grpc.v1 import video_service_pb2 as pb
 
 
 class OutOfMemoryError(RuntimeError):
@@ -41,11 +41,16 @@ def faulty(tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize("fault, code", [
-    (RuntimeError("simulated device fault in /secret/model.py"), grpc.StatusCode.INTERNAL),
-    (OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
-     grpc.StatusCode.RESOURCE_EXHAUSTED),
-])
+@pytest.mark.parametrize(
+    "fault, code",
+    [
+        (RuntimeError("simulated device fault in /secret/model.py"), grpc.StatusCode.INTERNAL),
+        (
+            OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+    ],
+)
 def test_fault_on_the_fifth_propagate_step(faulty, fault, code):
     server, engine, clip = faulty
     sid = upload(server, clip).session_id

@@ -19,15 +19,18 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from reliability_support import NOT_SERVING, SERVING, small_clip
-from sam3_grpc.engines.synthetic import SyntheticEngine
-from sam3_grpc.v1 import (
-    common_pb2, segmentation_service_pb2_grpc, status_service_pb2, video_service_pb2_grpc,
-)
-from sam3_grpc.v1 import video_service_pb2 as pb
 from test_executor import segment_request
 from test_video import upload_files, upload_requests
+
+from sam3_grpc.engines.synthetic import SyntheticEngine
+from sam3_grpc.v1 import (
+    common_pb2,
+    segmentation_service_pb2_grpc,
+    status_service_pb2,
+    video_service_pb2_grpc,
+)
+from sam3_grpc.v1 import video_service_pb2 as pb
 
 GRACE_S = 2.0
 ENDED_BY_SHUTDOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
@@ -38,10 +41,26 @@ class ServerProcess:
 
     def __init__(self, upload_dir: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic",
-             "--port", "0", "--grace", str(GRACE_S), "--synthetic-latency-ms", "20",
-             "--upload-dir", upload_dir],
-            stderr=subprocess.PIPE, text=True, cwd=os.getcwd())
+            [
+                sys.executable,
+                "-m",
+                "sam3_grpc.cli",
+                "serve",
+                "--model",
+                "synthetic",
+                "--port",
+                "0",
+                "--grace",
+                str(GRACE_S),
+                "--synthetic-latency-ms",
+                "20",
+                "--upload-dir",
+                upload_dir,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=os.getcwd(),
+        )
         self.lines: list[tuple[float, str]] = []
         self.port: int | None = None
         self.ready = threading.Event()
@@ -94,8 +113,9 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
     long_sid = video.UploadVideo(upload_requests(long_clip), timeout=60).session.session_id
     short_sid = video.UploadVideo(upload_requests(short_clip), timeout=60).session.session_id
     for sid in (long_sid, short_sid):
-        video.AddPrompt(pb.AddPromptRequest(session_id=sid, prompt=common_pb2.Prompt(
-            text="red")), timeout=30)
+        video.AddPrompt(
+            pb.AddPromptRequest(session_id=sid, prompt=common_pb2.Prompt(text="red")), timeout=30
+        )
 
     events: list[tuple[float, str, object]] = []
 
@@ -103,7 +123,8 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
         watch_channel = grpc.insecure_channel(target)
         try:
             for reply in health_pb2_grpc.HealthStub(watch_channel).Watch(
-                    health_pb2.HealthCheckRequest(), timeout=60):
+                health_pb2.HealthCheckRequest(), timeout=60
+            ):
                 events.append((time.monotonic(), "health", reply.status))
         except grpc.RpcError as error:
             events.append((time.monotonic(), "health-end", error.code()))
@@ -139,15 +160,21 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
         except grpc.RpcError as error:
             events.append((time.monotonic(), "upload", error.code()))
 
-    threads = [threading.Thread(target=watch, daemon=True),
-               threading.Thread(target=run_propagate, args=("long", long_sid), daemon=True),
-               threading.Thread(target=run_upload, daemon=True)]
+    threads = [
+        threading.Thread(target=watch, daemon=True),
+        threading.Thread(target=run_propagate, args=("long", long_sid), daemon=True),
+        threading.Thread(target=run_upload, daemon=True),
+    ]
     for thread in threads:
         thread.start()
     try:
         assert chunk_sent.wait(20)
-        _wait(lambda: any(name == "long-frame" for _, name, _ in events)
-              and any(name == "health" for _, name, _ in events))
+        _wait(
+            lambda: (
+                any(name == "long-frame" for _, name, _ in events)
+                and any(name == "health" for _, name, _ in events)
+            )
+        )
         assert [s for _, n, s in events if n == "health"] == [SERVING]
         assert len(os.listdir(upload_dir)) == 3  # two sessions' videos + the upload underway
         # The short propagation (10 frames, ~0.4 s with the long one interleaved) is in flight
@@ -163,7 +190,8 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
         refused_channel = grpc.insecure_channel(target)
         with pytest.raises(grpc.RpcError) as caught:
             segmentation_service_pb2_grpc.SegmentationServiceStub(refused_channel).SegmentImage(
-                segment_request(1), timeout=5)
+                segment_request(1), timeout=5
+            )
         refused_channel.close()
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
         assert server.finish(timeout=30) == 0, server.log()
@@ -173,8 +201,7 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
             thread.join(15)
         channel.close()
     exited_at = time.monotonic()
-    outcome = {name: status for _, name, status in events
-               if name in ("long", "short", "upload")}
+    outcome = {name: status for _, name, status in events if name in ("long", "short", "upload")}
     assert outcome.keys() == {"long", "short", "upload"}, events
     assert outcome["short"] == grpc.StatusCode.OK, outcome
     assert sum(name == "short-frame" for _, name, _ in events) == 10
@@ -247,8 +274,12 @@ def test_upload_cut_off_by_shutdown_is_cleaned_up(start_server, tmp_path, caplog
     _wait(lambda: upload_files(server))
     assert _open_fds_under(upload_dir)
     # Both CPU workers busy with status calls.
-    busy = [server.status.GetServerStatus.future(status_service_pb2.GetServerStatusRequest(),
-                                                  timeout=30) for _ in range(2)]
+    busy = [
+        server.status.GetServerStatus.future(
+            status_service_pb2.GetServerStatusRequest(), timeout=30
+        )
+        for _ in range(2)
+    ]
     for _ in busy:
         assert entered.acquire(timeout=10)
     try:
@@ -264,8 +295,11 @@ def test_upload_cut_off_by_shutdown_is_cleaned_up(start_server, tmp_path, caplog
         hold.set()
         release.set()
     assert os.listdir(upload_dir) == []
-    errors = [r.getMessage() for r in caplog.records
-              if r.name.startswith("sam3_grpc") and r.levelno >= logging.ERROR]
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("sam3_grpc") and r.levelno >= logging.ERROR
+    ]
     leaked = _open_fds_under(upload_dir)
     # Before the fix: the handler's `await runtime.on_cpu(handle.close)` either waits behind the
     # busy workers and is cancelled by stop()'s cpu_pool.shutdown(cancel_futures=True), or runs

@@ -7,16 +7,16 @@ import threading
 import time
 
 import grpc
-
 from helpers import Gate
 from reliability_support import SERVING, health, small_clip, wait_for
+from test_executor import queue_status, segment_request
+from test_video import add_text, upload, upload_requests
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.server.app import SERVICE_NAMES
 from sam3_grpc.v1 import status_service_pb2
 from sam3_grpc.v1 import video_service_pb2 as pb
 from sam3_grpc.v1.video_service_pb2_grpc import VideoServiceStub
-from test_executor import queue_status, segment_request
-from test_video import add_text, upload, upload_requests
 
 STREAMS = 6
 
@@ -32,8 +32,9 @@ def _poll(channel, rounds: int = 10) -> list[int]:
 
 def test_health_answers_while_every_worker_is_busy(start_server, tmp_path):
     engine = SyntheticEngine(latency_ms=5)
-    server = start_server(engine, max_sessions=STREAMS + 2, stream_buffer_frames=2,
-                          max_concurrent_uploads=1)
+    server = start_server(
+        engine, max_sessions=STREAMS + 2, stream_buffer_frames=2, max_concurrent_uploads=1
+    )
     clip = small_clip(tmp_path / "long.avi", frames=60)
     with open(clip, "rb") as handle:
         clip_bytes = handle.read()
@@ -45,8 +46,10 @@ def test_health_answers_while_every_worker_is_busy(start_server, tmp_path):
     engine.before_call = gate
     # Readers that take a frame every 50 ms: propagation is paced by backpressure.
     channels = [grpc.insecure_channel(server.target) for _ in sessions]
-    streams = [VideoServiceStub(channel).Propagate(pb.PropagateRequest(session_id=sid), timeout=60)
-               for channel, sid in zip(channels, sessions)]
+    streams = [
+        VideoServiceStub(channel).Propagate(pb.PropagateRequest(session_id=sid), timeout=60)
+        for channel, sid in zip(channels, sessions)
+    ]
     read = [0] * STREAMS
     stop = threading.Event()
 
@@ -72,16 +75,21 @@ def test_health_answers_while_every_worker_is_busy(start_server, tmp_path):
     try:
         readers = [pool.submit(slow_reader, i) for i in range(STREAMS)]
         stalled = server.video.UploadVideo.future(stalled_upload(), timeout=60)
-        images = [server.segmentation.SegmentImage.future(segment_request(i), timeout=60)
-                  for i in range(4)]
+        images = [
+            server.segmentation.SegmentImage.future(segment_request(i), timeout=60)
+            for i in range(4)
+        ]
         # Phase 1: the device is held; every stream and the upload slot are taken.
         gate.wait_entered()
         assert stalled_sent.wait(10)
-        wait_for(lambda: queue_status(server).depth >= STREAMS - 1 + len(images),
-                 what="work queued behind the held device")
+        wait_for(
+            lambda: queue_status(server).depth >= STREAMS - 1 + len(images),
+            what="work queued behind the held device",
+        )
         assert _poll(probe_channel) == [SERVING] * 10
-        status = server.status.GetServerStatus(status_service_pb2.GetServerStatusRequest(),
-                                               timeout=1.0)
+        status = server.status.GetServerStatus(
+            status_service_pb2.GetServerStatusRequest(), timeout=1.0
+        )
         assert status.queue.running == 1 and status.active_sessions == STREAMS
         # Phase 2: released, six propagations run paced by slow readers while images queue.
         gate.release()

@@ -14,14 +14,14 @@ import threading
 import grpc
 import psutil
 import pytest
-
 from helpers import RED, blank, disc_clip, draw_rect, encode, write_video
+from test_bad_input import png_declaring
+from test_video import upload_files, upload_requests
+
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import video_service_pb2 as pb
-from test_bad_input import png_declaring
-from test_video import upload_files, upload_requests
 
 MiB = 1 << 20
 RSS_GROWTH_LIMIT = 200 * MiB
@@ -52,9 +52,14 @@ def _avi(codec: str) -> bytes:
             return handle.read()
 
 
-def avi_declaring(*, width: int | None = None, height: int | None = None,
-                  frames: int | None = None, codec: str = "FFV1",
-                  patch_jpeg: bool = False) -> bytes:
+def avi_declaring(
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    frames: int | None = None,
+    codec: str = "FFV1",
+    patch_jpeg: bool = False,
+) -> bytes:
     """A valid tiny AVI whose headers are rewritten: frame size in 'avih' (dwWidth, dwHeight),
     'strh' (rcFrame) and 'strf' (biWidth, biHeight), and/or the frame count in 'avih'
     (dwTotalFrames) and 'strh' (dwLength). With patch_jpeg, every MJPEG frame's SOF too."""
@@ -99,15 +104,16 @@ IMAGE_BOMBS = {
     "png header only": (b"\x89PNG\r\n\x1a\n", ""),
 }
 VIDEO_BOMBS = {
-    "ffv1 16000x16000 in the headers": (avi_declaring(width=16000, height=16000),
-                                        "16000x16000"),
+    "ffv1 16000x16000 in the headers": (avi_declaring(width=16000, height=16000), "16000x16000"),
     "ffv1 8000x8000 in the headers": (avi_declaring(width=8000, height=8000), "8000x8000"),
-    "mjpeg 8000x8000 in headers and frames": (avi_declaring(width=8000, height=8000,
-                                                            codec="MJPG", patch_jpeg=True),
-                                              "8000x8000"),
-    "mjpeg 30000x30000 in headers and frames": (avi_declaring(width=30000, height=30000,
-                                                              codec="MJPG", patch_jpeg=True),
-                                                ""),
+    "mjpeg 8000x8000 in headers and frames": (
+        avi_declaring(width=8000, height=8000, codec="MJPG", patch_jpeg=True),
+        "8000x8000",
+    ),
+    "mjpeg 30000x30000 in headers and frames": (
+        avi_declaring(width=30000, height=30000, codec="MJPG", patch_jpeg=True),
+        "",
+    ),
     "5 million frames (avih and strh)": (avi_declaring(frames=5_000_000), "5000000 frames"),
     "2^32-1 frames, mjpeg": (avi_declaring(frames=2**32 - 1, codec="MJPG"), "frames"),
     "avi cut inside the RIFF header": (_avi("FFV1")[:100], ""),
@@ -170,17 +176,33 @@ def test_every_bomb_is_refused_before_the_engine_with_bounded_memory(bombed):
     with PeakRss() as rss:
         for _ in range(3):  # repeated: memory must not ratchet up either
             for index, (name, (data, fragment)) in enumerate(IMAGE_BOMBS.items()):
-                for image in (common_pb2.Image(content=data),
-                              common_pb2.Image(path=f"image{index}.png")):
-                    _refused(lambda: server.segmentation.SegmentImage(seg_pb.SegmentImageRequest(
-                        image=image, prompts=[common_pb2.Prompt(text="red")]), timeout=30),
-                        fragment)
+                for image in (
+                    common_pb2.Image(content=data),
+                    common_pb2.Image(path=f"image{index}.png"),
+                ):
+                    _refused(
+                        lambda: server.segmentation.SegmentImage(
+                            seg_pb.SegmentImageRequest(
+                                image=image, prompts=[common_pb2.Prompt(text="red")]
+                            ),
+                            timeout=30,
+                        ),
+                        fragment,
+                    )
             for index, (name, (data, fragment)) in enumerate(VIDEO_BOMBS.items()):
-                _refused(lambda: server.video.UploadVideo(
-                    upload_requests(data, filename="bomb.avi"), timeout=30), fragment)
+                _refused(
+                    lambda: server.video.UploadVideo(
+                        upload_requests(data, filename="bomb.avi"), timeout=30
+                    ),
+                    fragment,
+                )
                 assert upload_files(server) == [], name
-                _refused(lambda: server.video.StartSession(pb.StartSessionRequest(
-                    video_path=f"video{index}.avi"), timeout=30), fragment)
+                _refused(
+                    lambda: server.video.StartSession(
+                        pb.StartSessionRequest(video_path=f"video{index}.avi"), timeout=30
+                    ),
+                    fragment,
+                )
     assert dict(engine.calls) == engine_calls  # the engine never saw any of them
     assert server.video.ListSessions(pb.ListSessionsRequest()).sessions == []
     assert rss.end - rss.start < RSS_GROWTH_LIMIT, (rss.start >> 20, rss.end >> 20)
@@ -188,7 +210,10 @@ def test_every_bomb_is_refused_before_the_engine_with_bounded_memory(bombed):
     # And the server still serves real work.
     image = blank(32, 32)
     draw_rect(image, 2, 2, 9, 9, RED)
-    reply = server.segmentation.SegmentImage(seg_pb.SegmentImageRequest(
-        image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")]),
-        timeout=30)
+    reply = server.segmentation.SegmentImage(
+        seg_pb.SegmentImageRequest(
+            image=common_pb2.Image(content=encode(image)), prompts=[common_pb2.Prompt(text="red")]
+        ),
+        timeout=30,
+    )
     assert len(reply.results[0].detections) == 1

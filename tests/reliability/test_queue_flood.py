@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from helpers import Gate, retry_info
 from reliability_support import NOT_SERVING, SERVING, TaggingEngine, health, wait_for
 from test_executor import queue_status, segment_request
@@ -24,12 +23,16 @@ def test_flood_refuses_exactly_the_overflow_and_runs_the_rest_once(start_server)
         running = stub.SegmentImage.future(segment_request(1000), timeout=60)
         gate.wait_entered()
         tags = list(range(CAPACITY + OVERFLOW))
-        futures = {tag: stub.SegmentImage.future(segment_request(tag), timeout=60)
-                   for tag in tags}
+        futures = {tag: stub.SegmentImage.future(segment_request(tag), timeout=60) for tag in tags}
         # Nothing drains while the engine is held: exactly OVERFLOW calls can be refused, and
         # they are refused at once, while the others wait.
-        wait_for(lambda: sum(f.done() for f in futures.values()) == OVERFLOW
-                 and queue_status(server).depth == CAPACITY, what="overflow refused")
+        wait_for(
+            lambda: (
+                sum(f.done() for f in futures.values()) == OVERFLOW
+                and queue_status(server).depth == CAPACITY
+            ),
+            what="overflow refused",
+        )
         refused = {tag for tag, f in futures.items() if f.done()}
         for tag in refused:
             error = futures[tag].exception()

@@ -6,13 +6,13 @@ import threading
 
 import grpc
 import pytest
-
 from helpers import Gate
 from reliability_support import TaggingEngine, small_clip, wait_for, wait_idle
-from sam3_grpc.v1 import common_pb2
-from sam3_grpc.v1 import video_service_pb2 as pb
 from test_executor import queue_status, segment_request
 from test_video import add_text, propagate, upload
+
+from sam3_grpc.v1 import common_pb2
+from sam3_grpc.v1 import video_service_pb2 as pb
 
 
 def test_segment_and_add_prompt_expiring_in_the_queue_never_run(start_server, tmp_path):
@@ -29,8 +29,12 @@ def test_segment_and_add_prompt_expiring_in_the_queue_never_run(start_server, tm
         gate.wait_entered()
         doomed_segment = server.segmentation.SegmentImage.future(segment_request(2), timeout=1.0)
         wait_for(lambda: queue_status(server).depth == 1, what="image job queued")
-        doomed_prompt = server.video.AddPrompt.future(pb.AddPromptRequest(
-            session_id=sid, frame_index=0, prompt=common_pb2.Prompt(text="red")), timeout=1.0)
+        doomed_prompt = server.video.AddPrompt.future(
+            pb.AddPromptRequest(
+                session_id=sid, frame_index=0, prompt=common_pb2.Prompt(text="red")
+            ),
+            timeout=1.0,
+        )
         wait_for(lambda: queue_status(server).depth == 2, what="prompt job queued")
         for doomed in (doomed_segment, doomed_prompt):
             with pytest.raises(grpc.RpcError) as caught:
@@ -38,8 +42,10 @@ def test_segment_and_add_prompt_expiring_in_the_queue_never_run(start_server, tm
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The client's clock runs a little ahead of the server's: release the engine only once
         # the server has seen both calls end too.
-        wait_for(lambda: all(job.abandoned for job in list(server.server.executor._queue)),
-                 what="server saw the deadlines")
+        wait_for(
+            lambda: all(job.abandoned for job in list(server.server.executor._queue)),
+            what="server saw the deadlines",
+        )
     finally:
         gate.release()
     running.result(timeout=30)

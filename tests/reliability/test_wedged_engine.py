@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from helpers import Gate
 from reliability_support import NOT_SERVING, SERVING, TaggingEngine, health, small_clip, wait_for
-from sam3_grpc.v1 import common_pb2
-from sam3_grpc.v1 import video_service_pb2 as pb
 from test_executor import queue_status, segment_request
 from test_video import add_text, propagate, upload, upload_files, upload_requests
+
+from sam3_grpc.v1 import common_pb2
+from sam3_grpc.v1 import video_service_pb2 as pb
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -31,8 +31,14 @@ def test_wedged_engine_fails_fast_and_recovers(start_server, tmp_path):
         stuck = stub.SegmentImage.future(segment_request(1), timeout=60)
         gate.wait_entered()
         queued = [stub.SegmentImage.future(segment_request(i), timeout=60) for i in (2, 3)]
-        queued.append(server.video.AddPrompt.future(pb.AddPromptRequest(
-            session_id=sid, frame_index=1, prompt=common_pb2.Prompt(text="red")), timeout=60))
+        queued.append(
+            server.video.AddPrompt.future(
+                pb.AddPromptRequest(
+                    session_id=sid, frame_index=1, prompt=common_pb2.Prompt(text="red")
+                ),
+                timeout=60,
+            )
+        )
         # The watchdog notices the overrun: health turns NOT_SERVING ...
         wait_for(lambda: health(server.channel) == NOT_SERVING, what="health NOT_SERVING")
         # ... the queued calls fail with UNAVAILABLE instead of hanging ...

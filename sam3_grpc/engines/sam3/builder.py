@@ -98,7 +98,10 @@ def _position_encoding(feats: int, precompute: int | None):
     from sam3.model.position_encoding import PositionEmbeddingSine
 
     return PositionEmbeddingSine(
-        num_pos_feats=feats, normalize=True, scale=None, temperature=10000,
+        num_pos_feats=feats,
+        normalize=True,
+        scale=None,
+        temperature=10000,
         precompute_resolution=precompute,
     )
 
@@ -118,82 +121,156 @@ def _tiny_detector(spec: TinySpec, bpe_path: str):
 
     res, feat = spec.resolution, spec.feat_size
     vit = ViT(
-        img_size=res, pretrain_img_size=res, patch_size=PATCH_SIZE, embed_dim=spec.vit_dim,
-        depth=spec.vit_depth, num_heads=spec.vit_heads, mlp_ratio=4.0, norm_layer="LayerNorm",
-        drop_path_rate=0.0, qkv_bias=True, use_abs_pos=True, tile_abs_pos=True,
-        global_att_blocks=tuple(range(spec.vit_depth)), rel_pos_blocks=(), use_rope=True,
-        use_interp_rope=True, window_size=feat, pretrain_use_cls_token=True,
-        retain_cls_token=False, ln_pre=True, ln_post=False, return_interm_layers=False,
+        img_size=res,
+        pretrain_img_size=res,
+        patch_size=PATCH_SIZE,
+        embed_dim=spec.vit_dim,
+        depth=spec.vit_depth,
+        num_heads=spec.vit_heads,
+        mlp_ratio=4.0,
+        norm_layer="LayerNorm",
+        drop_path_rate=0.0,
+        qkv_bias=True,
+        use_abs_pos=True,
+        tile_abs_pos=True,
+        global_att_blocks=tuple(range(spec.vit_depth)),
+        rel_pos_blocks=(),
+        use_rope=True,
+        use_interp_rope=True,
+        window_size=feat,
+        pretrain_use_cls_token=True,
+        retain_cls_token=False,
+        ln_pre=True,
+        ln_post=False,
+        return_interm_layers=False,
         bias_patch_embed=False,
     )
     neck = Sam3DualViTDetNeck(
-        position_encoding=_position_encoding(D_MODEL, res), d_model=D_MODEL,
-        scale_factors=[4.0, 2.0, 1.0, 0.5], trunk=vit, add_sam2_neck=True,
+        position_encoding=_position_encoding(D_MODEL, res),
+        d_model=D_MODEL,
+        scale_factors=[4.0, 2.0, 1.0, 0.5],
+        trunk=vit,
+        add_sam2_neck=True,
     )
     text = VETextEncoder(
-        tokenizer=SimpleTokenizer(bpe_path=bpe_path), d_model=D_MODEL, width=spec.text_width,
-        heads=spec.text_heads, layers=spec.text_layers,
+        tokenizer=SimpleTokenizer(bpe_path=bpe_path),
+        d_model=D_MODEL,
+        width=spec.text_width,
+        heads=spec.text_heads,
+        layers=spec.text_layers,
     )
     backbone = SAM3VLBackbone(scalp=1, visual=neck, text=text)
 
     def encoder_layer(batch_first: bool, **pos_flags) -> TransformerEncoderLayer:
         return TransformerEncoderLayer(
-            activation="relu", d_model=D_MODEL, dim_feedforward=spec.ffn_dim, dropout=0.1,
-            pre_norm=True, self_attention=_attention(spec.heads, batch_first),
-            cross_attention=_attention(spec.heads, batch_first), **pos_flags,
+            activation="relu",
+            d_model=D_MODEL,
+            dim_feedforward=spec.ffn_dim,
+            dropout=0.1,
+            pre_norm=True,
+            self_attention=_attention(spec.heads, batch_first),
+            cross_attention=_attention(spec.heads, batch_first),
+            **pos_flags,
         )
 
     fusion = TransformerEncoderFusion(
         layer=encoder_layer(
-            True, pos_enc_at_attn=True, pos_enc_at_cross_attn_keys=False,
+            True,
+            pos_enc_at_attn=True,
+            pos_enc_at_cross_attn_keys=False,
             pos_enc_at_cross_attn_queries=False,
         ),
-        num_layers=spec.fusion_layers, d_model=D_MODEL, num_feature_levels=1, frozen=False,
-        use_act_checkpoint=False, add_pooled_text_to_img_feat=False, pool_text_with_mask=True,
+        num_layers=spec.fusion_layers,
+        d_model=D_MODEL,
+        num_feature_levels=1,
+        frozen=False,
+        use_act_checkpoint=False,
+        add_pooled_text_to_img_feat=False,
+        pool_text_with_mask=True,
     )
     decoder = TransformerDecoder(
         layer=TransformerDecoderLayer(
-            activation="relu", d_model=D_MODEL, dim_feedforward=spec.ffn_dim, dropout=0.1,
-            cross_attention=_attention(spec.heads, False), n_heads=spec.heads,
+            activation="relu",
+            d_model=D_MODEL,
+            dim_feedforward=spec.ffn_dim,
+            dropout=0.1,
+            cross_attention=_attention(spec.heads, False),
+            n_heads=spec.heads,
             use_text_cross_attention=True,
         ),
-        num_layers=spec.decoder_layers, num_queries=spec.queries, return_intermediate=True,
-        box_refine=True, num_o2m_queries=0, dac=True, boxRPB="log", d_model=D_MODEL,
-        frozen=False, interaction_layer=None, dac_use_selfatt_ln=True, resolution=res,
-        stride=PATCH_SIZE, use_act_checkpoint=False, presence_token=True,
+        num_layers=spec.decoder_layers,
+        num_queries=spec.queries,
+        return_intermediate=True,
+        box_refine=True,
+        num_o2m_queries=0,
+        dac=True,
+        boxRPB="log",
+        d_model=D_MODEL,
+        frozen=False,
+        interaction_layer=None,
+        dac_use_selfatt_ln=True,
+        resolution=res,
+        stride=PATCH_SIZE,
+        use_act_checkpoint=False,
+        presence_token=True,
     )
     seg_head = UniversalSegmentationHead(
-        hidden_dim=D_MODEL, upsampling_stages=3, aux_masks=False, presence_head=False,
-        dot_product_scorer=None, act_ckpt=False,
+        hidden_dim=D_MODEL,
+        upsampling_stages=3,
+        aux_masks=False,
+        presence_head=False,
+        dot_product_scorer=None,
+        act_ckpt=False,
         cross_attend_prompt=_attention(spec.heads, False, dropout=0.0),
         pixel_decoder=PixelDecoder(
             num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=D_MODEL
         ),
     )
     geometry = SequenceGeometryEncoder(
-        pos_enc=_position_encoding(D_MODEL, None), encode_boxes_as_points=False,
-        points_direct_project=True, points_pool=True, points_pos_enc=True,
-        boxes_direct_project=True, boxes_pool=True, boxes_pos_enc=True, d_model=D_MODEL,
+        pos_enc=_position_encoding(D_MODEL, None),
+        encode_boxes_as_points=False,
+        points_direct_project=True,
+        points_pool=True,
+        points_pos_enc=True,
+        boxes_direct_project=True,
+        boxes_pool=True,
+        boxes_pos_enc=True,
+        d_model=D_MODEL,
         num_layers=spec.geometry_layers,
         layer=encoder_layer(
-            False, pos_enc_at_attn=False, pos_enc_at_cross_attn_queries=False,
+            False,
+            pos_enc_at_attn=False,
+            pos_enc_at_cross_attn_queries=False,
             pos_enc_at_cross_attn_keys=True,
         ),
-        use_act_ckpt=False, add_cls=True, add_post_encode_proj=True,
+        use_act_ckpt=False,
+        add_cls=True,
+        add_post_encode_proj=True,
     )
     scoring = DotProductScoring(
-        d_model=D_MODEL, d_proj=D_MODEL,
+        d_model=D_MODEL,
+        d_proj=D_MODEL,
         prompt_mlp=MLP(
-            input_dim=D_MODEL, hidden_dim=spec.ffn_dim, output_dim=D_MODEL, num_layers=2,
-            dropout=0.1, residual=True, out_norm=nn.LayerNorm(D_MODEL),
+            input_dim=D_MODEL,
+            hidden_dim=spec.ffn_dim,
+            output_dim=D_MODEL,
+            num_layers=2,
+            dropout=0.1,
+            residual=True,
+            out_norm=nn.LayerNorm(D_MODEL),
         ),
     )
     return Sam3ImageOnVideoMultiGPU(
-        num_feature_levels=1, backbone=backbone,
+        num_feature_levels=1,
+        backbone=backbone,
         transformer=TransformerWrapper(encoder=fusion, decoder=decoder, d_model=D_MODEL),
-        segmentation_head=seg_head, semantic_segmentation_head=None,
-        input_geometry_encoder=geometry, use_early_fusion=True, use_dot_prod_scoring=True,
-        dot_prod_scoring=scoring, supervise_joint_box_scores=True,
+        segmentation_head=seg_head,
+        semantic_segmentation_head=None,
+        input_geometry_encoder=geometry,
+        use_early_fusion=True,
+        use_dot_prod_scoring=True,
+        dot_prod_scoring=scoring,
+        supervise_joint_box_scores=True,
     )
 
 
@@ -207,13 +284,17 @@ def _tiny_tracker(spec: TinySpec):
     res, feat = spec.resolution, spec.feat_size
     mask_size = feat * 16  # the tracker's input mask size: 4x its 4x-upsampled low-res masks
     maskmem = SimpleMaskEncoder(
-        out_dim=64, position_encoding=_position_encoding(64, res),
+        out_dim=64,
+        position_encoding=_position_encoding(64, res),
         mask_downsampler=SimpleMaskDownSampler(
             kernel_size=3, stride=2, padding=1, interpol_size=[mask_size, mask_size]
         ),
         fuser=SimpleFuser(
             layer=CXBlock(
-                dim=D_MODEL, kernel_size=7, padding=3, layer_scale_init_value=1.0e-06,
+                dim=D_MODEL,
+                kernel_size=7,
+                padding=3,
+                layer_scale_init_value=1.0e-06,
                 use_dwconv=True,
             ),
             num_layers=2,
@@ -222,40 +303,71 @@ def _tiny_tracker(spec: TinySpec):
 
     def rope(**extra) -> RoPEAttention:
         return RoPEAttention(
-            embedding_dim=D_MODEL, num_heads=1, downsample_rate=1, dropout=0.1,
-            rope_theta=10000.0, feat_sizes=[feat, feat], use_fa3=False, use_rope_real=False,
+            embedding_dim=D_MODEL,
+            num_heads=1,
+            downsample_rate=1,
+            dropout=0.1,
+            rope_theta=10000.0,
+            feat_sizes=[feat, feat],
+            use_fa3=False,
+            use_rope_real=False,
             **extra,
         )
 
     layer = TransformerDecoderLayerv2(
-        cross_attention_first=False, activation="relu", dim_feedforward=spec.ffn_dim,
-        dropout=0.1, pos_enc_at_attn=False, pre_norm=True, self_attention=rope(),
-        d_model=D_MODEL, pos_enc_at_cross_attn_keys=True, pos_enc_at_cross_attn_queries=False,
+        cross_attention_first=False,
+        activation="relu",
+        dim_feedforward=spec.ffn_dim,
+        dropout=0.1,
+        pos_enc_at_attn=False,
+        pre_norm=True,
+        self_attention=rope(),
+        d_model=D_MODEL,
+        pos_enc_at_cross_attn_keys=True,
+        pos_enc_at_cross_attn_queries=False,
         cross_attention=rope(kv_in_dim=64, rope_k_repeat=True),
     )
     transformer = TransformerWrapper(
         encoder=TransformerEncoderCrossAttention(
-            remove_cross_attention_layers=[], batch_first=True, d_model=D_MODEL, frozen=False,
-            pos_enc_at_input=True, layer=layer, num_layers=spec.tracker_layers,
+            remove_cross_attention_layers=[],
+            batch_first=True,
+            d_model=D_MODEL,
+            frozen=False,
+            pos_enc_at_input=True,
+            layer=layer,
+            num_layers=spec.tracker_layers,
             use_act_checkpoint=False,
         ),
-        decoder=None, d_model=D_MODEL,
+        decoder=None,
+        d_model=D_MODEL,
     )
     # Same tracker flags as Meta's build_tracker(apply_temporal_disambiguation=True).
     return Sam3TrackerPredictor(
-        image_size=res, num_maskmem=7, backbone=None, backbone_stride=PATCH_SIZE,
-        transformer=transformer, maskmem_backbone=maskmem, multimask_output_in_sam=True,
-        forward_backbone_per_frame_for_eval=True, trim_past_non_cond_mem_for_eval=False,
-        multimask_output_for_tracking=True, multimask_min_pt_num=0, multimask_max_pt_num=1,
-        always_start_from_first_ann_frame=False, non_overlap_masks_for_mem_enc=False,
-        non_overlap_masks_for_output=False, max_cond_frames_in_attn=4,
+        image_size=res,
+        num_maskmem=7,
+        backbone=None,
+        backbone_stride=PATCH_SIZE,
+        transformer=transformer,
+        maskmem_backbone=maskmem,
+        multimask_output_in_sam=True,
+        forward_backbone_per_frame_for_eval=True,
+        trim_past_non_cond_mem_for_eval=False,
+        multimask_output_for_tracking=True,
+        multimask_min_pt_num=0,
+        multimask_max_pt_num=1,
+        always_start_from_first_ann_frame=False,
+        non_overlap_masks_for_mem_enc=False,
+        non_overlap_masks_for_output=False,
+        max_cond_frames_in_attn=4,
         offload_output_to_cpu_for_eval=False,
         sam_mask_decoder_extra_args={
             "dynamic_multimask_via_stability": True,
             "dynamic_multimask_stability_delta": 0.05,
             "dynamic_multimask_stability_thresh": 0.98,
         },
-        clear_non_cond_mem_around_input=True, fill_hole_area=0, use_memory_selection=True,
+        clear_non_cond_mem_around_input=True,
+        fill_hole_area=0,
+        use_memory_selection=True,
     )
 
 
@@ -285,18 +397,30 @@ def build_tiny_video_model(bpe_path: str, spec: TinySpec = TINY):
         tracker = _tiny_tracker(spec)
         # Meta's heuristics for apply_temporal_disambiguation=True, at the tiny resolution.
         model = Sam3VideoInferenceWithInstanceInteractivity(
-            detector=detector, tracker=tracker,
-            score_threshold_detection=0.5, assoc_iou_thresh=0.1, det_nms_thresh=0.1,
-            new_det_thresh=spec.new_det_thresh, max_num_objects=spec.max_num_objects,
-            hotstart_delay=spec.hotstart_delay, hotstart_unmatch_thresh=spec.hotstart_thresh,
+            detector=detector,
+            tracker=tracker,
+            score_threshold_detection=0.5,
+            assoc_iou_thresh=0.1,
+            det_nms_thresh=0.1,
+            new_det_thresh=spec.new_det_thresh,
+            max_num_objects=spec.max_num_objects,
+            hotstart_delay=spec.hotstart_delay,
+            hotstart_unmatch_thresh=spec.hotstart_thresh,
             hotstart_dup_thresh=spec.hotstart_thresh,
-            suppress_unmatched_only_within_hotstart=True, min_trk_keep_alive=-1,
-            max_trk_keep_alive=30, init_trk_keep_alive=30,
+            suppress_unmatched_only_within_hotstart=True,
+            min_trk_keep_alive=-1,
+            max_trk_keep_alive=30,
+            init_trk_keep_alive=30,
             suppress_overlapping_based_on_recent_occlusion_threshold=0.7,
-            suppress_det_close_to_boundary=False, fill_hole_area=16,
-            recondition_every_nth_frame=16, masklet_confirmation_enable=False,
-            decrease_trk_keep_alive_for_empty_masklets=False, image_size=spec.resolution,
-            image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), compile_model=False,
+            suppress_det_close_to_boundary=False,
+            fill_hole_area=16,
+            recondition_every_nth_frame=16,
+            masklet_confirmation_enable=False,
+            decrease_trk_keep_alive_for_empty_masklets=False,
+            image_size=spec.resolution,
+            image_mean=(0.5, 0.5, 0.5),
+            image_std=(0.5, 0.5, 0.5),
+            compile_model=False,
         )
     return model
 
@@ -336,8 +460,11 @@ def build_video_model(
 
             assert checkpoint_path is not None
             model = build_sam3_video_model(
-                checkpoint_path=checkpoint_path, load_from_HF=False, bpe_path=bpe_path,
-                device=device, compile=compile,
+                checkpoint_path=checkpoint_path,
+                load_from_HF=False,
+                bpe_path=bpe_path,
+                device=device,
+                compile=compile,
             )
     _leave_tracker_autocast(model.tracker)
     model.eval()

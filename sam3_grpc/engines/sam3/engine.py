@@ -44,7 +44,7 @@ TINY_WEIGHTS_SOURCE = "random (tiny preset: masks are meaningless)"
 
 
 def resolve_device(spec: str) -> torch.device:
-    """"auto" | "cpu" | "cuda" | "cuda:N" to a concrete device, or ConfigurationError."""
+    """ "auto" | "cpu" | "cuda" | "cuda:N" to a concrete device, or ConfigurationError."""
     value = (spec or "auto").strip().lower()
     if value == "auto":
         value = "cuda" if torch.cuda.is_available() else "cpu"
@@ -213,9 +213,7 @@ class Sam3Engine(Engine):
                 with compat.cpu_context(bf16_autocast=video):
                     yield
             else:
-                with torch.cuda.device(self._device), torch.autocast(
-                    "cuda", dtype=torch.bfloat16
-                ):
+                with torch.cuda.device(self._device), torch.autocast("cuda", dtype=torch.bfloat16):
                     yield
 
     def _require_loaded(self) -> None:

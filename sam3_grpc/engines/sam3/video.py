@@ -154,7 +154,9 @@ def load_frames(source: VideoSource, size: int) -> tuple[HostFrames, int, int]:
     if source.info.frame_count and source.info.frame_count != len(frames):
         logger.warning(
             "%s: probed %s frames, decoded %s; using the decoded count",
-            path, source.info.frame_count, len(frames),
+            path,
+            source.info.frame_count,
+            len(frames),
         )
     return HostFrames(frames), height, width
 
@@ -275,9 +277,7 @@ class VideoRunner:
 
     def _check_frame(self, session: VideoSession, frame_index: int) -> None:
         if not 0 <= frame_index < session.num_frames:
-            raise OutOfRange(
-                f"frame {frame_index} outside the video's {session.num_frames} frames"
-            )
+            raise OutOfRange(f"frame {frame_index} outside the video's {session.num_frames} frames")
 
     def add_prompt(
         self, session: VideoSession, frame_index: int, prompt: Prompt, object_id: int | None
