@@ -24,17 +24,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sam3_grpc.engines.sam3 import Sam3Engine  # noqa: E402
-from sam3_grpc.types import (  # noqa: E402
+from sam3_grpc.engines.sam3 import Sam3Engine
+from sam3_grpc.types import (
     Box,
     LabeledBox,
     LabeledPoint,
@@ -76,12 +73,12 @@ def run_session(engine: Sam3Engine, source: VideoSource) -> dict:
     session = engine.start_session(source)
     times["start_ms"] = round((time.perf_counter() - started) * 1000, 1)
     started = time.perf_counter()
-    _, ids = engine.add_prompt(session, 0, Prompt(text="red rectangle"), None)
+    engine.add_prompt(session, 0, Prompt(text="red rectangle"), None)
     times["add_prompt_ms"] = round((time.perf_counter() - started) * 1000, 1)
     frames = list(range(source.info.frame_count))
     started = time.perf_counter()
     first = None
-    for out in engine.propagate(session, frames, []):
+    for _ in engine.propagate(session, frames, []):
         if first is None:
             first = time.perf_counter() - started
     total = time.perf_counter() - started

@@ -26,16 +26,14 @@ import time
 import cv2
 import grpc
 import numpy as np
+from common import machine
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import machine  # noqa: E402
-
-from sam3_grpc.v1 import common_pb2, status_service_pb2, status_service_pb2_grpc  # noqa: E402  # noqa: E402
+from sam3_grpc.v1 import common_pb2, status_service_pb2, status_service_pb2_grpc
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
-from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc  # noqa: E402
-from sam3_grpc.v1 import video_service_pb2 as vid_pb  # noqa: E402
-from sam3_grpc.v1 import video_service_pb2_grpc as vid_grpc  # noqa: E402
+from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc
+from sam3_grpc.v1 import video_service_pb2 as vid_pb
+from sam3_grpc.v1 import video_service_pb2_grpc as vid_grpc
 
 PHRASES = [
     "a red box",
@@ -125,7 +123,8 @@ def propagate(channel, frames: int, directory: str) -> float:
     for i in range(frames):
         writer.write(cv2.imread(os.path.join(folder, f"{i:05d}.jpg")))
     writer.release()
-    data = open(path, "rb").read()
+    with open(path, "rb") as handle:
+        data = handle.read()
 
     def requests():
         yield vid_pb.UploadVideoRequest(

@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import cv2
 import grpc
+from common import discs_scene, jpeg, machine, serve_subprocess, summary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
-from common import discs_scene, jpeg, machine, serve_subprocess, summary  # noqa: E402
-
-from sam3_grpc.config import Settings  # noqa: E402
-from sam3_grpc.engines.synthetic import SyntheticEngine  # noqa: E402
-from sam3_grpc.media.images import decode_image  # noqa: E402
-from sam3_grpc.server import convert  # noqa: E402
-from sam3_grpc.types import Prompt  # noqa: E402
-from sam3_grpc.v1 import common_pb2  # noqa: E402
+from sam3_grpc.config import Settings
+from sam3_grpc.engines.synthetic import SyntheticEngine
+from sam3_grpc.media.images import decode_image
+from sam3_grpc.server import convert
+from sam3_grpc.types import Prompt
+from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
-from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc  # noqa: E402
+from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
 
 
 def in_process(engine, data: bytes, settings: Settings) -> pb.SegmentImageResponse:

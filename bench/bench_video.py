@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,15 +25,13 @@ import cv2
 import grpc
 import numpy as np
 import psutil
+from common import discs_scene, jpeg, machine, serve_subprocess
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import discs_scene, jpeg, machine, serve_subprocess  # noqa: E402
-
-from sam3_grpc.v1 import common_pb2  # noqa: E402
+from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
-from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc  # noqa: E402
-from sam3_grpc.v1 import video_service_pb2 as pb  # noqa: E402
-from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc  # noqa: E402
+from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc
+from sam3_grpc.v1 import video_service_pb2 as pb
+from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc
 
 MiB = 1024 * 1024
 

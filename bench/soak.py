@@ -34,17 +34,15 @@ import cv2
 import grpc
 import numpy as np
 import psutil
+from common import discs_scene, jpeg, machine, serve_subprocess
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import discs_scene, jpeg, machine, serve_subprocess  # noqa: E402
-
-from sam3_grpc.v1 import common_pb2, status_service_pb2  # noqa: E402
-from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb  # noqa: E402
-from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc  # noqa: E402
-from sam3_grpc.v1 import status_service_pb2_grpc as status_grpc  # noqa: E402
-from sam3_grpc.v1 import video_service_pb2 as pb  # noqa: E402
-from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc  # noqa: E402
+from sam3_grpc.v1 import common_pb2, status_service_pb2
+from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
+from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc
+from sam3_grpc.v1 import status_service_pb2_grpc as status_grpc
+from sam3_grpc.v1 import video_service_pb2 as pb
+from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc
 
 MiB = 1024 * 1024
 UPLOAD_PREFIX = "sam3grpc-upload-"
@@ -69,7 +67,7 @@ class OwnServer:
     def __init__(self, latency_ms: float, workdir: str, queue_size: int) -> None:
         self.upload_dir = os.path.join(workdir, "uploads")
         self.log_path = os.path.join(workdir, "server.log")
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - open for the server's life; stop() closes it
         try:
             self.process, self.target = serve_subprocess(
                 "--model",
@@ -402,7 +400,7 @@ def sample_peak(pid: int | None, stop: threading.Event, peak: list) -> None:
 # ----- report --------------------------------------------------------------------------------
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
 
 
 def report(

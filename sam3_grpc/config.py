@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,9 +86,9 @@ class Settings:
 
 @dataclass(frozen=True)
 class _Flag:
-    field: str
+    dest: str  # the Settings field
     help: str
-    type: Any = str
+    type: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -307,10 +308,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per Settings field; defaults come from the environment, then Settings."""
     defaults = Settings()
     for flag in _FLAGS:
-        default = getattr(defaults, flag.field)
-        env_name = env_var(flag.field)
+        default = getattr(defaults, flag.dest)
+        env_name = env_var(flag.dest)
         help_text = f"{flag.help} [env {env_name}; default: %(default)s]"
-        kwargs: dict[str, Any] = {"dest": flag.field, "help": help_text, "metavar": flag.metavar}
+        kwargs: dict[str, Any] = {"dest": flag.dest, "help": help_text, "metavar": flag.metavar}
         if flag.choices:
             kwargs["choices"] = flag.choices
             kwargs.pop("metavar")
@@ -326,19 +327,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = flag.type
             env_value = os.environ.get(env_name)
             kwargs["default"] = flag.type(env_value) if env_value is not None else default
-        parser.add_argument("--" + _flag_name(flag.field), **kwargs)
+        parser.add_argument("--" + _flag_name(flag.dest), **kwargs)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     values: dict[str, Any] = {}
     for flag in _FLAGS:
-        value = getattr(args, flag.field)
-        if flag.field == "media_roots":
+        value = getattr(args, flag.dest)
+        if flag.dest == "media_roots":
             if value is None:
-                env_value = os.environ.get(env_var(flag.field), "")
+                env_value = os.environ.get(env_var(flag.dest), "")
                 value = [p for p in env_value.split(os.pathsep) if p]
             value = tuple(value)
-        values[flag.field] = value
+        values[flag.dest] = value
     settings = Settings(**values)
     validate(settings)
     return settings

@@ -154,10 +154,10 @@ def test_segment_json_summary_and_geometry_prompts(capsys, synthetic_server, pic
 
 
 def test_segment_server_side_path(capsys, synthetic_server, media_root, picture, tmp_path):
-    path, image, masks = picture
+    _path, image, masks = picture
     with open(os.path.join(media_root, "remote.png"), "wb") as handle:
         handle.write(encode(image))
-    code, stdout, stderr = run(
+    code, _stdout, stderr = run(
         capsys,
         "segment",
         "remote.png",
@@ -198,7 +198,7 @@ def test_segment_bad_path_is_a_usage_error(capsys, synthetic_server, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv, fragment",
+    ("argv", "fragment"),
     [
         (["--box", "1,2,3"], "--box"),
         (["--box", "5,5,1,1"], "inverted"),
@@ -322,8 +322,8 @@ def test_track_writes_overlay_video_and_per_frame_masks(capsys, synthetic_server
 def test_track_from_a_middle_frame_both_ways_on_the_server(
     capsys, synthetic_server, video, tmp_path
 ):
-    path, masks = video
-    code, stdout, stderr = run(
+    _path, _masks = video
+    code, _stdout, stderr = run(
         capsys,
         "track",
         "moving.avi",

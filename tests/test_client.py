@@ -152,7 +152,7 @@ def test_png_masks_polygons_and_no_masks(client, scene):
     detection = none[0][0]
     assert not detection.has_mask and detection.area == rect.sum()
     with pytest.raises(ValueError, match="no mask"):
-        detection.mask
+        _ = detection.mask
     [polygon] = detection.polygons
     assert polygon.shape[1] == 2
     assert polygon.min(0).tolist() == [12, 20] and polygon.max(0).tolist() == [69, 63]
@@ -280,7 +280,7 @@ def test_upload_with_wrong_checksum_is_data_loss(client, clip):
 
 
 def test_session_lifecycle(client, clip):
-    path, masks = clip
+    _path, masks = clip
     session = client.start_session(ServerPath("disc.avi"))
     assert not session.uploaded and session.frame_count == 12
     sid = session.session_id
@@ -311,7 +311,7 @@ def box_center(mask):
 
 
 @pytest.mark.parametrize(
-    "direction, start, expected",
+    ("direction", "start", "expected"),
     [
         ("forward", None, list(range(12))),
         ("backward", 11, list(range(11, -1, -1))),
@@ -319,7 +319,7 @@ def box_center(mask):
     ],
 )
 def test_propagate_streams_every_frame(client, clip, direction, start, expected):
-    path, masks = clip
+    _path, masks = clip
     with client.session(ServerPath("disc.avi")) as session:
         session.add_prompt(start or 0, "red")
         frames = list(session.propagate(direction=direction, start_frame_index=start))
@@ -342,20 +342,21 @@ def test_propagate_max_frames_and_png(client, clip):
 
 
 def test_session_context_closes_on_error(client, clip):
-    with pytest.raises(RuntimeError, match="boom"):
+    def fail_inside_a_session() -> None:
         with client.session(upload=clip[0], chunk_size=8192) as session:
             session.add_prompt(0, "red")
             assert len(client.list_sessions()) == 1
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside_a_session()
     assert client.list_sessions() == []
     # A server error inside the body propagates too, and the session is still closed.
-    with pytest.raises(InvalidArgumentError):
-        with client.session(ServerPath("disc.avi")) as session:
-            session.add_prompt(0, "a dog")
+    with pytest.raises(InvalidArgumentError), client.session(ServerPath("disc.avi")) as session:
+        session.add_prompt(0, "a dog")
     assert client.list_sessions() == []
-    with pytest.raises(ValueError, match="exactly one"):
-        with client.session():
-            pass
+    with pytest.raises(ValueError, match="exactly one"), client.session():
+        pass
 
 
 class StepPermits:
@@ -511,7 +512,7 @@ def test_retry_policy_backoff_and_limits():
     assert [policy.delay(n, None) for n in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
     assert policy.delay(1, 0.25) == 0.25  # the server's hint wins
     assert policy.delay(1, 11.0) is None  # a hint longer than allowed: give up
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
 
 
@@ -631,7 +632,7 @@ def test_pool_spreads_images_and_keeps_sessions_on_their_server(
             before = [e.calls["add_prompt"] for e in engines]
             pool.add_prompt(session.session_id, 0, "red")
             owner = targets.index(session.target)
-            assert [e.calls["add_prompt"] - b for e, b in zip(engines, before)] == [
+            assert [e.calls["add_prompt"] - b for e, b in zip(engines, before, strict=True)] == [
                 int(i == owner) for i in range(2)
             ]
             assert len(list(pool.propagate(session.session_id, max_frames=3))) == 3

@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from conftest import launch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -57,13 +58,10 @@ def test_health_lifecycle_from_loading_to_shutdown():
         assert seen.get(timeout=10) == NOT_SERVING
         # Loading: not serving, and calls are refused with UNAVAILABLE.
         wait_until(lambda: check(server) == NOT_SERVING)
-        try:
+        with pytest.raises(grpc.RpcError) as refused:
             server.segmentation.SegmentImage(segment_request(), timeout=5)
-        except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.UNAVAILABLE
-            assert "loading" in error.details()
-        else:
-            raise AssertionError("a call during loading must be refused")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in refused.value.details()
         engine.may_load.set()
         wait_until(lambda: check(server) == SERVING)
         assert seen.get(timeout=10) == SERVING
@@ -100,12 +98,9 @@ def test_health_lifecycle_from_loading_to_shutdown():
 
 def test_unknown_service_is_not_found(synthetic_server):
     stub = health_pb2_grpc.HealthStub(synthetic_server.channel)
-    try:
+    with pytest.raises(grpc.RpcError) as caught:
         stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
-    except grpc.RpcError as error:
-        assert error.code() == grpc.StatusCode.NOT_FOUND
-    else:
-        raise AssertionError("expected NOT_FOUND")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_reflection_lists_every_service(synthetic_server):

@@ -133,7 +133,7 @@ def test_mutual_tls_requires_a_client_certificate(start_server, certificates):
 
 
 @pytest.mark.parametrize(
-    "host,extra,ok",
+    ("host", "extra", "ok"),
     [
         ("127.0.0.1", {}, True),
         ("::1", {}, True),

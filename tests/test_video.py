@@ -4,7 +4,9 @@ right frame, sessions behave, propagation streams frame by frame and can be canc
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import pathlib
 import threading
 import time
 
@@ -437,13 +439,13 @@ def test_upload_limits_and_integrity(start_server, clip_file):
 
 def test_truncated_videos(synthetic_server, clip, tmp_path):
     images, _ = clip
-    mp4 = open(write_video(tmp_path / "t.mp4", images, fourcc="mp4v"), "rb").read()
+    mp4 = pathlib.Path(write_video(tmp_path / "t.mp4", images, fourcc="mp4v")).read_bytes()
     with pytest.raises(grpc.RpcError) as caught:
         synthetic_server.video.UploadVideo(upload_requests(mp4[: len(mp4) // 2]), timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "truncated" in caught.value.details()
     # An AVI cut short still plays up to the cut: the session gets the frames that decode.
-    avi = open(write_video(tmp_path / "t.avi", images), "rb").read()
+    avi = pathlib.Path(write_video(tmp_path / "t.avi", images)).read_bytes()
     reply = synthetic_server.video.UploadVideo(
         upload_requests(avi[: len(avi) * 2 // 3]), timeout=30
     )
@@ -649,7 +651,7 @@ def test_concurrent_propagations_share_the_device_round_robin(start_server, tmp_
     first_end = max(i for i, o in enumerate(owners) if o != owners[-1])
     both_running = owners[second_start : first_end + 1]
     runs, current = [], 1
-    for previous, owner in zip(both_running, both_running[1:]):
+    for previous, owner in itertools.pairwise(both_running):
         if owner == previous:
             current += 1
         else:
@@ -722,7 +724,7 @@ def test_session_started_for_a_caller_who_left_is_freed(start_server, clip_file)
 
 
 @pytest.mark.parametrize(
-    "extension,fourcc,min_iou",
+    ("extension", "fourcc", "min_iou"),
     [
         (".mp4", "mp4v", 0.9),
         (".mov", "mp4v", 0.9),

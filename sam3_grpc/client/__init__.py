@@ -60,11 +60,11 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "NO_RETRY",
+    "AddPromptResult",
     "AsyncPropagateStream",
     "AsyncSam3Client",
     "AsyncVideoSession",
-    "NO_RETRY",
-    "AddPromptResult",
     "Box",
     "CacheStatus",
     "CancelledError",
@@ -78,10 +78,10 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
-    "PropagateFrame",
-    "PropagateStream",
     "Prompt",
     "PromptResult",
+    "PropagateFrame",
+    "PropagateStream",
     "QueueStatus",
     "ResourceExhaustedError",
     "RetryPolicy",

@@ -81,8 +81,8 @@ def draw(image: np.ndarray, items: Sequence[Item], *, bgr: bool = False) -> np.n
             out[mask] = np.clip(np.rint((1 - ALPHA) * pixels + ALPHA * tint), 0, 255).astype(
                 np.uint8
             )
-    for item, rgb in zip(items, colours):
-        x0, y0, x1, y1 = (int(round(v)) for v in item.box)
+    for item, rgb in zip(items, colours, strict=True):
+        x0, y0, x1, y1 = (round(v) for v in item.box)
         if x1 <= x0 or y1 <= y0:
             continue
         colour = rgb[::-1] if bgr else rgb

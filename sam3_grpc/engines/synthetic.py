@@ -131,7 +131,7 @@ def colour_mask(hsv: np.ndarray, colour: str) -> np.ndarray:
     ranges = _RANGE_ARRAYS[colour]
     mask = cv2.inRange(hsv, *ranges[0])
     for lo, hi in ranges[1:]:
-        mask |= cv2.inRange(hsv, lo, hi)
+        mask = cv2.bitwise_or(mask, cv2.inRange(hsv, lo, hi))
     return mask
 
 
@@ -147,7 +147,7 @@ def _dominant_colour(hsv: np.ndarray) -> str | None:
 class _Patch:
     """A mask stored as its tight bounding box: `mask` covers rows y0.. and columns x0..."""
 
-    __slots__ = ("y0", "x0", "mask", "_centroid")
+    __slots__ = ("_centroid", "mask", "x0", "y0")
 
     def __init__(self, y0: int, x0: int, mask: np.ndarray) -> None:
         self.y0, self.x0, self.mask = y0, x0, mask  # mask: bool, tight
@@ -362,7 +362,7 @@ class _FrameReader:
             self._seek(index)
         else:
             while self._position < index:
-                if not self._capture.grab():
+                if not self._opened().grab():
                     raise DataLoss(f"cannot decode frame {self._position} of {self.path}")
                 self._position += 1
         frame = self._decode(index)
@@ -370,11 +370,16 @@ class _FrameReader:
         return frame
 
     def _seek(self, index: int) -> None:
-        self._capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        self._opened().set(cv2.CAP_PROP_POS_FRAMES, index)
         self._position = index
 
+    def _opened(self) -> cv2.VideoCapture:
+        if self._capture is None:
+            raise FailedPrecondition("the video is closed")
+        return self._capture
+
     def _decode(self, index: int) -> np.ndarray:
-        ok, frame = self._capture.read()
+        ok, frame = self._opened().read()
         if not ok or frame is None:
             raise DataLoss(f"cannot decode frame {index} of {self.path}")
         self._position = index + 1
@@ -619,11 +624,12 @@ class SyntheticEngine(Engine):
             track.seeds[frame_index] = patches[0] if patches else None
             affected = [object_id]
         else:
-            colour, patches = self._select(hsv, prompt, single=not prompt.text)
-            if not prompt.text and not patches:
-                patches = [None]  # a click on nothing still makes an (empty) object
+            colour, selected = self._select(hsv, prompt, single=not prompt.text)
+            seeds: list[_Patch | None] = list(selected)
+            if not prompt.text and not seeds:
+                seeds = [None]  # a click on nothing still makes an (empty) object
             affected = []
-            for patch in patches:
+            for patch in seeds:
                 object_id = session.next_id
                 session.next_id += 1
                 track = ObjectTrack(colour)
@@ -754,11 +760,13 @@ class SyntheticEngine(Engine):
         objects = session.objects
         refs = {oid: ref for oid, ref in refs.items() if oid in objects}
         seeded = {oid for oid in ids if frame_index in objects[oid].seeds}
-        moving = {oid: ref for oid, ref in refs.items() if oid not in seeded}
+        # Only an object that has selected something (and so has a colour) can have a ref.
+        colours = {oid: c for oid in refs if (c := objects[oid].colour) is not None}
+        moving = {oid: ref for oid, ref in refs.items() if oid not in seeded and oid in colours}
         if moving:
             self.calls["track_frame"] += 1
             frame = session.reader.read(frame_index)
-            refs = self._track(frame, moving, {oid: objects[oid].colour for oid in moving})
+            refs = self._track(frame, moving, colours)
         else:
             refs = {}
         for oid in seeded:
@@ -941,12 +949,12 @@ def _nearest(
     labels = np.flatnonzero(free)
     if len(labels) == 0:
         return {}
-    pairs = []
+    pairs: list[tuple[float, int, int]] = []
     for oid, p in objects:
         cx, cy = p.centroid
         centroids = comps.centroids
         d = np.hypot(centroids[labels, 0] + comps.x0 - cx, centroids[labels, 1] + comps.y0 - cy)
-        pairs.extend((float(dist), oid, int(label)) for dist, label in zip(d, labels))
+        pairs.extend((float(dist), oid, int(label)) for dist, label in zip(d, labels, strict=True))
     pairs.sort()
     picks: dict[int, int] = {}
     taken: set[int] = set()

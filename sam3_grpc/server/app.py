@@ -196,6 +196,8 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
         with open(path, "rb") as handle:
             return handle.read()
 
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
     root = read(settings.tls_client_ca) if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(read(settings.tls_key), read(settings.tls_cert))],

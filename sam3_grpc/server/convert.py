@@ -19,13 +19,13 @@ from sam3_grpc.media import masks
 from sam3_grpc.types import Box, Direction, LabeledBox, LabeledPoint, Prompt, RawDetection
 from sam3_grpc.v1 import common_pb2, video_service_pb2
 
-MASK_ENCODINGS = {
+MASK_ENCODINGS: dict[int, str] = {
     common_pb2.MASK_ENCODING_UNSPECIFIED: "rle",
     common_pb2.MASK_ENCODING_RLE: "rle",
     common_pb2.MASK_ENCODING_PNG: "png",
     common_pb2.MASK_ENCODING_NONE: "none",
 }
-DIRECTIONS = {
+DIRECTIONS: dict[int, Direction] = {
     video_service_pb2.PROPAGATION_DIRECTION_UNSPECIFIED: Direction.FORWARD,
     video_service_pb2.PROPAGATION_DIRECTION_FORWARD: Direction.FORWARD,
     video_service_pb2.PROPAGATION_DIRECTION_BACKWARD: Direction.BACKWARD,
@@ -93,15 +93,15 @@ def prompt_from_proto(message: common_pb2.Prompt, settings: Settings, where: str
             )
         boxes.append(LabeledBox(box, _positive(labeled.label, what)))
     points = []
-    for i, labeled in enumerate(message.points):
+    for i, clicked in enumerate(message.points):
         what = f"{where}.points[{i}]"
-        if not labeled.HasField("point"):
+        if not clicked.HasField("point"):
             raise InvalidArgument(f"{what}.point is missing")
         points.append(
             LabeledPoint(
-                _finite(labeled.point.x, f"{what}.point.x"),
-                _finite(labeled.point.y, f"{what}.point.y"),
-                _positive(labeled.label, what),
+                _finite(clicked.point.x, f"{what}.point.x"),
+                _finite(clicked.point.y, f"{what}.point.y"),
+                _positive(clicked.label, what),
             )
         )
     prompt = Prompt(text=text, boxes=tuple(boxes), points=tuple(points))

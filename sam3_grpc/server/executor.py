@@ -51,20 +51,21 @@ class ExecutorStats:
 
 class _Job:
     __slots__ = (
-        "fn",
-        "label",
-        "deadline",
-        "loop",
-        "future",
         "abandoned",
+        "cpu_pool",
+        "deadline",
         "enqueued_at",
         "finish",
-        "cpu_pool",
+        "fn",
+        "future",
+        "label",
+        "loop",
     )
 
     def __init__(self, fn, label, deadline, loop, future) -> None:
-        self.finish = None  # optional CPU-side stage after the device work
-        self.cpu_pool = None
+        # Optional CPU-side stage after the device work, and the pool it runs on.
+        self.finish: Callable[[Any], Any] | None = None
+        self.cpu_pool: concurrent.futures.Executor | None = None
         self.fn = fn
         self.label = label
         self.deadline = deadline  # time.monotonic() value, or None
@@ -156,6 +157,8 @@ class DeviceExecutor:
         if prepare is None:
             self._enqueue(job)
         else:
+            if cpu_pool is None:
+                raise ValueError("a prepare stage needs a cpu_pool to run on")
             cpu_pool.submit(self._prepare_then_enqueue, job, prepare)
         try:
             return await future
@@ -196,6 +199,7 @@ class DeviceExecutor:
 
     def _finish_then_resolve(self, job: _Job, result: Any) -> None:
         """On a CPU-pool thread."""
+        assert job.finish is not None
         try:
             self._resolve(job, result=job.finish(result))
         except BaseException as exc:  # noqa: BLE001 - delivered to the caller
@@ -303,7 +307,7 @@ class DeviceExecutor:
                 result = job.fn(self.engine)
             except ServiceError as exc:
                 error = exc
-            except BaseException as exc:  # noqa: BLE001 - one job's failure must not kill the thread
+            except BaseException as exc:
                 if is_out_of_memory(exc):
                     logger.warning("%s ran out of device memory: %s", job.label, exc)
                     self._free_cached_memory()
@@ -331,6 +335,7 @@ class DeviceExecutor:
                     )
                     self._wedged = False
             if error is None and job.finish is not None and not job.abandoned:
+                assert job.cpu_pool is not None  # submit() pairs a finish stage with its pool
                 try:
                     job.cpu_pool.submit(self._finish_then_resolve, job, result)
                     continue

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
+
+# `aio` is bound under a version check mypy cannot follow.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 logger = logging.getLogger(__name__)
 

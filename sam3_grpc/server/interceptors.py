@@ -178,8 +178,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 # ----- authentication ------------------------------------------------------------------------
 def load_tokens(path: str) -> list[bytes]:
     with open(path, encoding="utf-8") as handle:
-        tokens = [line.strip() for line in handle]
-    tokens = [t.encode() for t in tokens if t and not t.startswith("#")]
+        lines = [line.strip() for line in handle]
+    tokens = [t.encode() for t in lines if t and not t.startswith("#")]
     if not tokens:
         raise ValueError(f"--auth-token-file {path} holds no token")
     return tokens
@@ -245,7 +245,7 @@ def _session_id(message: Any) -> str:
 
 
 class _CallRecord:
-    __slots__ = ("method", "peer", "started", "session_id")
+    __slots__ = ("method", "peer", "session_id", "started")
 
     def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self.method = method

@@ -8,6 +8,7 @@ are never stale and cost nothing between scrapes.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -126,7 +127,7 @@ class Metrics:
         self.upload_bytes = Counter(
             "sam3_grpc_upload_bytes", "Video bytes received.", registry=self.registry
         )
-        self._http = None
+        self._http: Any = None  # prometheus_client's WSGI server once serve() ran
 
     def attach(self, runtime) -> None:
         self.registry.register(_RuntimeCollector(runtime))
@@ -138,8 +139,9 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Starts the HTTP endpoint; returns its port (useful with port 0)."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        bound = self._http.server_port
+        http, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = http
+        bound = int(http.server_port)
         logger.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
 

@@ -226,7 +226,7 @@ class SessionManager:
         if wait:
             try:
                 await asyncio.wrap_future(done)
-            except Exception:  # noqa: BLE001 - the state is dropped either way
+            except Exception:
                 logger.exception("closing session %s failed", session_id)
         if session.upload_path is not None:
             session.upload_path.unlink(missing_ok=True)

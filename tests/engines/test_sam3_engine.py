@@ -94,7 +94,7 @@ def check_detections(detections, height=HEIGHT, width=WIDTH):
 def same(a, b) -> bool:
     return len(a) == len(b) and all(
         np.array_equal(x.mask, y.mask) and x.score == pytest.approx(y.score, abs=1e-6)
-        for x, y in zip(a, b)
+        for x, y in zip(a, b, strict=True)
     )
 
 
@@ -269,10 +269,10 @@ def test_encode_once_predict_twice_is_consistent(engine, image):
     prompts = [Prompt(text="red square"), Prompt(points=(LabeledPoint(75, 55),))]
     first = engine.predict(state, prompts)
     second = engine.predict(state, prompts)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert same(a, b)
     again = engine.predict(engine.encode_image(image), prompts)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         assert same(a, b)
 
 
@@ -443,7 +443,7 @@ def test_video_file(engine, mp4):
         assert isinstance(frames, HostFrames) and len(frames) == 4
         # scaled like sam3's JPEG loader: [0, 1] then mean/std 0.5
         values = torch.stack([frames[i] for i in range(len(frames))])
-        assert values.dtype == torch.float16 and -1.01 <= values.min() and values.max() <= 1.01
+        assert values.dtype == torch.float16 and values.min() >= -1.01 and values.max() <= 1.01
         output, _ = engine.add_prompt(session, 0, Prompt(text="red square"), None)
         check_detections(output.objects)
         assert indices(engine.propagate(session, [0, 1, 2, 3], [])) == [0, 1, 2, 3]

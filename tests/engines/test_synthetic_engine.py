@@ -108,7 +108,7 @@ def test_text_prompt_returns_every_region_pixel_exact_on_png(engine):
     [reds, blues] = segment(engine, png(image), Prompt(text="red"), Prompt(text="A BLUE ball"))
 
     assert [d.object_id for d in reds] == [1, 2, 3]
-    for detection, expected in zip(reds, (big, also_small, small)):
+    for detection, expected in zip(reds, (big, also_small, small), strict=True):
         assert detection.score == 1.0
         assert detection.mask.dtype == bool and detection.mask.shape == (H, W)
         np.testing.assert_array_equal(detection.mask, expected)

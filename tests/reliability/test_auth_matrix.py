@@ -158,7 +158,7 @@ def test_refused_on_every_call_shape_and_nothing_happens(guarded, credentials):
 
 @pytest.mark.parametrize("credentials", sorted(ACCEPTED))
 def test_accepted_on_every_call_shape(guarded, credentials):
-    server, engine, sid, data = guarded
+    server, _engine, sid, data = guarded
     metadata = ACCEPTED[credentials]
     assert server.segmentation.SegmentImage(
         segment_request(2), metadata=metadata, timeout=30

@@ -149,7 +149,7 @@ def test_cancel_storm(start_server, tmp_path):
                 readers.submit(_read_stream, call, release)
             expected_depth = len(segments) + len(streams)  # one first step per stream
             wait_for(
-                lambda: queue_status(server).depth == expected_depth,
+                lambda expected=expected_depth: queue_status(server).depth == expected,
                 what=f"round {round_index}: everything queued",
             )
             doomed = [c for c in segments + streams if c.plan == "queued"]
@@ -158,7 +158,9 @@ def test_cancel_storm(start_server, tmp_path):
                 call.cancelled = call.handle.cancel()
             executor = server.server.executor
             wait_for(
-                lambda: sum(job.abandoned for job in list(executor._queue)) == len(doomed),
+                lambda executor=executor, doomed=doomed: (
+                    sum(job.abandoned for job in list(executor._queue)) == len(doomed)
+                ),
                 what=f"round {round_index}: server saw the cancellations",
             )
 
@@ -167,7 +169,7 @@ def test_cancel_storm(start_server, tmp_path):
             gate.release()
             release.set()
 
-            def cancel_later(call: Call) -> None:
+            def cancel_later(call: Call, released_at: float = released_at) -> None:
                 time.sleep(max(0.0, released_at + call.delay - time.monotonic()))
                 call.cancelled = call.handle.cancel()
 

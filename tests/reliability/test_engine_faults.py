@@ -42,7 +42,7 @@ def faulty(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "fault, code",
+    ("fault", "code"),
     [
         (RuntimeError("simulated device fault in /secret/model.py"), grpc.StatusCode.INTERNAL),
         (
@@ -58,10 +58,10 @@ def test_fault_on_the_fifth_propagate_step(faulty, fault, code):
     steps = engine.calls["propagate_step"]
     engine.before_call = fail_on("propagate_step", 5, fault)
     frames = []
+    stream = server.video.Propagate(pb.PropagateRequest(session_id=sid), timeout=30)
     try:
         with pytest.raises(grpc.RpcError) as caught:
-            for reply in server.video.Propagate(pb.PropagateRequest(session_id=sid), timeout=30):
-                frames.append(reply.frame.frame_index)
+            frames.extend(reply.frame.frame_index for reply in stream)
     finally:
         engine.before_call = None
     error = caught.value

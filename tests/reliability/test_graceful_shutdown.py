@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -108,8 +109,8 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
     channel = grpc.insecure_channel(target)
     video = video_service_pb2_grpc.VideoServiceStub(channel)
     # Two sessions: a long video (300 frames x 20 ms >> grace) and a short one.
-    long_clip = open(small_clip(tmp_path / "long.avi", frames=300), "rb").read()
-    short_clip = open(small_clip(tmp_path / "short.avi", frames=10), "rb").read()
+    long_clip = pathlib.Path(small_clip(tmp_path / "long.avi", frames=300)).read_bytes()
+    short_clip = pathlib.Path(small_clip(tmp_path / "short.avi", frames=10)).read_bytes()
     long_sid = video.UploadVideo(upload_requests(long_clip), timeout=60).session.session_id
     short_sid = video.UploadVideo(upload_requests(short_clip), timeout=60).session.session_id
     for sid in (long_sid, short_sid):
@@ -261,7 +262,7 @@ def test_upload_cut_off_by_shutdown_is_cleaned_up(start_server, tmp_path, caplog
 
     upload_dir = tmp_path / "uploads"
     server = start_server(Engine(), upload_dir=str(upload_dir), cpu_workers=2)
-    data = open(small_clip(tmp_path / "clip.avi"), "rb").read()
+    data = pathlib.Path(small_clip(tmp_path / "clip.avi")).read_bytes()
     release = threading.Event()
 
     def stalled():

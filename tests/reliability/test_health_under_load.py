@@ -48,7 +48,7 @@ def test_health_answers_while_every_worker_is_busy(start_server, tmp_path):
     channels = [grpc.insecure_channel(server.target) for _ in sessions]
     streams = [
         VideoServiceStub(channel).Propagate(pb.PropagateRequest(session_id=sid), timeout=60)
-        for channel, sid in zip(channels, sessions)
+        for channel, sid in zip(channels, sessions, strict=True)
     ]
     read = [0] * STREAMS
     stop = threading.Event()

@@ -175,13 +175,13 @@ def test_every_bomb_is_refused_before_the_engine_with_bounded_memory(bombed):
     engine_calls = dict(engine.calls)
     with PeakRss() as rss:
         for _ in range(3):  # repeated: memory must not ratchet up either
-            for index, (name, (data, fragment)) in enumerate(IMAGE_BOMBS.items()):
+            for index, (data, fragment) in enumerate(IMAGE_BOMBS.values()):
                 for image in (
                     common_pb2.Image(content=data),
                     common_pb2.Image(path=f"image{index}.png"),
                 ):
                     _refused(
-                        lambda: server.segmentation.SegmentImage(
+                        lambda image=image: server.segmentation.SegmentImage(
                             seg_pb.SegmentImageRequest(
                                 image=image, prompts=[common_pb2.Prompt(text="red")]
                             ),
@@ -191,14 +191,14 @@ def test_every_bomb_is_refused_before_the_engine_with_bounded_memory(bombed):
                     )
             for index, (name, (data, fragment)) in enumerate(VIDEO_BOMBS.items()):
                 _refused(
-                    lambda: server.video.UploadVideo(
+                    lambda data=data: server.video.UploadVideo(
                         upload_requests(data, filename="bomb.avi"), timeout=30
                     ),
                     fragment,
                 )
                 assert upload_files(server) == [], name
                 _refused(
-                    lambda: server.video.StartSession(
+                    lambda index=index: server.video.StartSession(
                         pb.StartSessionRequest(video_path=f"video{index}.avi"), timeout=30
                     ),
                     fragment,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 import time
 
 import grpc
@@ -84,7 +85,7 @@ def fuzz(tmp_path_factory):
         max_sessions=8,
         upload_dir=str(tmp_path_factory.mktemp("fuzz-uploads")),
     )
-    server.clip_bytes = open(clip, "rb").read()
+    server.clip_bytes = pathlib.Path(clip).read_bytes()
     yield server
     server.stop()
 
@@ -510,7 +511,7 @@ def test_list_sessions_and_server_status(fuzz, raw):
         call = fuzz.channel.unary_unary(
             method, request_serializer=_identity, response_deserializer=_identity
         )
-        code, _ = check(fuzz, lambda: call(raw, timeout=CALL_TIMEOUT_S))
+        code, _ = check(fuzz, lambda call=call: call(raw, timeout=CALL_TIMEOUT_S))
         assert code == C.OK
     status = fuzz.status.GetServerStatus(
         status_service_pb2.GetServerStatusRequest(), timeout=CALL_TIMEOUT_S
@@ -546,7 +547,7 @@ def test_corrupt_request_bytes_are_invalid_argument(fuzz, raw):
         call = fuzz.channel.unary_unary(
             method, request_serializer=_identity, response_deserializer=_identity
         )
-        check(fuzz, lambda: call(raw, timeout=CALL_TIMEOUT_S))
+        check(fuzz, lambda call=call: call(raw, timeout=CALL_TIMEOUT_S))
     propagate = fuzz.channel.unary_stream(
         "/sam3_grpc.v1.VideoService/Propagate",
         request_serializer=_identity,

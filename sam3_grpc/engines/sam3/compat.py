@@ -72,9 +72,13 @@ class CudaToCpuMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs) if kwargs else {}
         name = getattr(func, "__name__", "")
-        if name in _NOOP_METHOD_NAMES and args and isinstance(args[0], torch.Tensor):
-            if func is torch.Tensor.cuda or func is torch.Tensor.pin_memory:
-                return args[0]
+        if (
+            name in _NOOP_METHOD_NAMES
+            and args
+            and isinstance(args[0], torch.Tensor)
+            and func in (torch.Tensor.cuda, torch.Tensor.pin_memory)
+        ):
+            return args[0]
         if _is_cuda(kwargs.get("device")):
             kwargs["device"] = torch.device("cpu")
         if name == "to" and any(_is_cuda(a) for a in args[1:]):
@@ -151,7 +155,7 @@ def _make_edt_dispatch(original):
             return original(data)
         return edt_cpu(data)
 
-    edt.__wrapped__ = original
+    edt.__wrapped__ = original  # type: ignore[attr-defined]  # read by tests (functools style)
     return edt
 
 
@@ -183,7 +187,7 @@ def import_sam3_quietly() -> None:
     one per call — noise in a server's log. sam3's warnings still show."""
     ensure_sam3_importable()
     with quiet_sam3_warnings():
-        import sam3.model.sam3_video_inference  # noqa: F401
+        import sam3.model.sam3_video_inference
         import sam3.model_builder  # noqa: F401
     for name in list(logging.root.manager.loggerDict):
         if name == "sam3" or name.startswith("sam3."):
@@ -191,7 +195,7 @@ def import_sam3_quietly() -> None:
     for module_name in _MODULES_WITH_PROGRESS_BARS:
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, "tqdm"):
-            module.tqdm = _silenced(module.tqdm)
+            module.tqdm = _silenced(module.tqdm)  # type: ignore[attr-defined]  # hasattr above
 
 
 def _silenced(progress_bar):

@@ -220,6 +220,11 @@ class Sam3Engine(Engine):
         if self._model is None:
             raise FailedPrecondition("the model is not loaded yet")
 
+    def _images(self) -> ImagePredictor:
+        if self._image is None:
+            raise FailedPrecondition("the model is not loaded yet")
+        return self._image
+
     def memory(self) -> MemoryUsage:
         if self._device.type == "cuda":
             total = torch.cuda.get_device_properties(self._device).total_memory
@@ -242,7 +247,7 @@ class Sam3Engine(Engine):
     def encode_image(self, image: np.ndarray) -> Any:
         self._require_loaded()
         with self._context():
-            return self._image.encode(image)
+            return self._images().encode(image)
 
     def state_nbytes(self, state: Any) -> int:
         from sam3_grpc.engines.sam3.video import tensor_nbytes
@@ -254,7 +259,8 @@ class Sam3Engine(Engine):
         if not isinstance(state, dict) or "backbone_out" not in state:
             raise InvalidArgument("not an encoded image of this engine")
         with self._context():
-            return [self._image.predict(state, prompt) for prompt in prompts]
+            images = self._images()
+            return [images.predict(state, prompt) for prompt in prompts]
 
     # ----- video sessions --------------------------------------------------------------------
     def _session(self, state: Any):

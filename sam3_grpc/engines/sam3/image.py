@@ -189,7 +189,7 @@ class ImagePredictor:
         xyxy = xyxy.clamp_(min=0)
         xyxy[:, 0::2] = xyxy[:, 0::2].clamp(max=width)
         xyxy[:, 1::2] = xyxy[:, 1::2].clamp(max=height)
-        xyxy = xyxy.cpu().numpy()
+        corners = xyxy.cpu().numpy()
         low_res = out["pred_masks"].reshape(-1, *out["pred_masks"].shape[-2:])[keep]
         detections = []
         for start in range(0, keep.numel(), MASK_CHUNK):
@@ -198,9 +198,9 @@ class ImagePredictor:
             masks = torch.nn.functional.interpolate(
                 chunk, (height, width), mode="bilinear", align_corners=False
             )
-            masks = (masks[:, 0] > 0).cpu().numpy()
-            for i, mask in enumerate(masks, start):
-                x0, y0, x1, y1 = (float(v) for v in xyxy[i])
+            binary = (masks[:, 0] > 0).cpu().numpy()
+            for i, mask in enumerate(binary, start):
+                x0, y0, x1, y1 = (float(v) for v in corners[i])
                 detections.append(
                     RawDetection(mask=mask, score=float(scores[i]), box=Box(x0, y0, x1, y1))
                 )
@@ -272,5 +272,7 @@ class ImagePredictor:
         )
         feats[-1] = feats[-1] + self.tracker.no_mem_embed
         sizes = [tuple(level.shape[-2:]) for level in fpn]
-        maps = [f.permute(1, 2, 0).reshape(1, -1, *size) for f, size in zip(feats, sizes)]
+        maps = [
+            f.permute(1, 2, 0).reshape(1, -1, *size) for f, size in zip(feats, sizes, strict=True)
+        ]
         return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}

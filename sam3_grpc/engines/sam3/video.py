@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -398,7 +399,7 @@ class VideoRunner:
         self._check_usable(session)
         forward, backward = list(forward), list(backward)
         for part, step in ((forward, 1), (backward, -1)):
-            if any(b - a != step for a, b in zip(part, part[1:])):
+            if any(b - a != step for a, b in itertools.pairwise(part)):
                 raise InvalidArgument("propagation parts must be consecutive frames")
             for index in part[:1] + part[-1:]:
                 self._check_frame(session, index)
@@ -505,7 +506,7 @@ class VideoRunner:
         objects = []
         if out is not None:
             for obj_id, prob, mask in zip(
-                out["out_obj_ids"], out["out_probs"], out["out_binary_masks"]
+                out["out_obj_ids"], out["out_probs"], out["out_binary_masks"], strict=False
             ):
                 mask = np.asarray(mask, dtype=bool)
                 objects.append(

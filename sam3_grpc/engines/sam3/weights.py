@@ -106,8 +106,9 @@ def locate_checkpoint(
         check_checkpoint_file(path)
         return CheckpointLocation(path, path)
     cache_dir = hub_cache_dir()
-    path = find_in_hub_cache(cache_dir)
-    if path is not None:
+    cached = find_in_hub_cache(cache_dir)
+    if cached is not None:
+        path = cached
         check_checkpoint_file(path)
         logger.info("found %s in the Hugging Face cache: %s", CHECKPOINT_FILE, path)
         return CheckpointLocation(path, f"huggingface-cache:{path}")
