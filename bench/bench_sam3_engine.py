@@ -30,8 +30,7 @@ import time
 import cv2
 import numpy as np
 
-from sam3_grpc.engines.sam3 import Sam3Engine
-from sam3_grpc.types import (
+from sam3_grpc.domain import (
     Box,
     LabeledBox,
     LabeledPoint,
@@ -39,6 +38,7 @@ from sam3_grpc.types import (
     VideoInfo,
     VideoSource,
 )
+from sam3_grpc.engines.sam3 import Sam3Engine
 
 
 def scene(width: int = 640, height: int = 480, shift: int = 0) -> np.ndarray:

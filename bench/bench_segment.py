@@ -21,10 +21,10 @@ from common import discs_scene, jpeg, machine, serve_subprocess, summary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sam3_grpc.config import Settings
+from sam3_grpc.domain import Prompt
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.media.images import decode_image
 from sam3_grpc.server import convert
-from sam3_grpc.types import Prompt
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc

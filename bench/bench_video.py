@@ -145,9 +145,9 @@ def engine_rate(path: str, frames: int) -> float:
     (OpenCV on one thread, as in the server): the ceiling the service can reach."""
     from pathlib import Path
 
+    from sam3_grpc.domain import Prompt
     from sam3_grpc.engines.synthetic import SyntheticEngine
     from sam3_grpc.media.video import probe_video
-    from sam3_grpc.types import Prompt
 
     cv2.setNumThreads(1)
     engine = SyntheticEngine()

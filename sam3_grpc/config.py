@@ -55,6 +55,8 @@ class Settings:
     upload_dir: str | None = None
     max_upload_bytes: int = 2 * GiB
     upload_idle_timeout_s: float = 30.0
+    upload_min_rate: int = 32 * 1024
+    upload_timeout_s: float = 3600.0
     max_concurrent_uploads: int = 4
     max_frames: int = 20_000
     max_video_pixels: int = 3840 * 2160
@@ -206,14 +208,28 @@ _FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag(
         "upload_dir",
-        "Where uploaded videos are stored. Default: a private temporary "
-        "directory (mode 0700), emptied at start and at shutdown.",
+        "Where uploaded videos are stored (may be shared by several servers: each works in a "
+        "private sam3-grpc-* subdirectory it locks, and removes it at shutdown). Default: the "
+        "system's temporary directory.",
         metavar="DIR",
     ),
     _Flag("max_upload_bytes", "Largest video upload.", _size, metavar="BYTES"),
     _Flag(
         "upload_idle_timeout_s",
         "An upload with no chunk for this long is cut off.",
+        float,
+        metavar="SECONDS",
+    ),
+    _Flag(
+        "upload_min_rate",
+        "Slowest average upload rate accepted, in bytes per second, checked once an upload "
+        "has run for --upload-idle-timeout (cuts off senders that trickle bytes).",
+        _size,
+        metavar="BYTES",
+    ),
+    _Flag(
+        "upload_timeout_s",
+        "Longest an upload may take in total.",
         float,
         metavar="SECONDS",
     ),
@@ -372,8 +388,12 @@ def validate(settings: Settings) -> None:
         raise ValueError("--port must be in [0, 65535]")
     if settings.cache_size < 0:
         raise ValueError("--cache-size cannot be negative")
-    if settings.session_ttl_s <= 0 or settings.upload_idle_timeout_s <= 0:
-        raise ValueError("--session-ttl and --upload-idle-timeout must be positive")
+    if min(settings.session_ttl_s, settings.upload_idle_timeout_s, settings.upload_timeout_s) <= 0:
+        raise ValueError(
+            "--session-ttl, --upload-idle-timeout and --upload-timeout must be positive"
+        )
+    if settings.upload_min_rate < 0:
+        raise ValueError("--upload-min-rate cannot be negative")
     if settings.job_timeout_s <= 0:
         raise ValueError("--job-timeout must be positive")
     if bool(settings.tls_cert) != bool(settings.tls_key):

@@ -163,10 +163,10 @@ CASES = {
         pb.SegmentImageRequest(
             image=common_pb2.Image(content=GOOD),
             prompts=[TEXT],
-            output=common_pb2.OutputOptions(polygon_tolerance=-1),
+            output=common_pb2.OutputOptions(polygon_tolerance_pixels=-1),
         ),
         INVALID,
-        "polygon_tolerance",
+        "polygon_tolerance_pixels",
     ),
     "too many detections": (
         pb.SegmentImageRequest(

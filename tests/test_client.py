@@ -1,8 +1,10 @@
-"""The Python client (sam3_grpc.client) against real servers with the synthetic engine.
+"""The Python clients (sam3_grpc.client) against real servers with the synthetic engine.
 
-Masks are compared with the drawn shapes pixel for pixel (PNG images, lossless FFV1 videos).
-Retries are checked by counting attempts and recording the requested delays through the retry
-policy's sleep hook, never by measuring time.
+One scenario suite runs against both clients: every test taking the `client` or `connect`
+fixture runs once with `Sam3Client` and once with `AsyncSam3Client` (driven through
+tests/client_bridge.py). Masks are compared with the drawn shapes pixel for pixel (PNG images,
+lossless FFV1 videos). Retries are checked by counting attempts and recording the requested
+delays through the retry policy's sleep hook, never by measuring time.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
+from client_bridge import Loop, async_client
 from helpers import BLUE, RED, Gate, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 from pycocotools import mask as coco_mask
 
 from sam3_grpc.client import (
     NO_RETRY,
+    AsyncSam3Client,
     DataLossError,
     Detection,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    OutputOptions,
     Prompt,
     ResourceExhaustedError,
     RetryPolicy,
@@ -37,7 +42,9 @@ from sam3_grpc.client import (
     SegmentResult,
     ServerPath,
     UnavailableError,
+    VideoSession,
 )
+from sam3_grpc.client.aio import AsyncVideoSession
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import segmentation_service_pb2, status_service_pb2
 
@@ -75,9 +82,35 @@ def clip(media_root):
     return path, masks
 
 
+@pytest.fixture(scope="module")
+def bridge_loop():
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def connect(request, bridge_loop):
+    """connect(target, **options): a Sam3Client, or an AsyncSam3Client behind the blocking
+    bridge; each test using it runs with both."""
+    opened = []
+
+    def factory(target: str, **options):
+        if request.param == "sync":
+            made = Sam3Client(target, **options)
+        else:
+            made = async_client(bridge_loop, target, **options)
+        opened.append(made)
+        return made
+
+    yield factory
+    for made in opened:
+        made.close()
+
+
 @pytest.fixture
-def client(synthetic_server):
-    with Sam3Client(synthetic_server.target, timeout=30) as client:
+def client(synthetic_server, connect):
+    with connect(synthetic_server.target, timeout=30) as client:
         yield client
 
 
@@ -137,7 +170,7 @@ def test_cache_hit_on_same_image(client, scene):
 
 def test_png_masks_polygons_and_no_masks(client, scene):
     image, rect, disc = scene
-    png = client.segment_image(image, ["red", "blue"], mask_encoding="png")
+    png = client.segment_image(image, ["red", "blue"], output=OutputOptions(mask_encoding="png"))
     assert png[0][0].png is not None and png[0][0].rle_counts is None
     assert np.array_equal(png[0][0].mask, rect) and np.array_equal(png[1][0].mask, disc)
     # The COCO RLE is derived from the PNG mask when needed.
@@ -148,7 +181,9 @@ def test_png_masks_polygons_and_no_masks(client, scene):
         rect,
     )
 
-    none = client.segment_image(image, "red", mask_encoding="none", include_polygons=True)
+    none = client.segment_image(
+        image, "red", output=OutputOptions(mask_encoding="none", include_polygons=True)
+    )
     detection = none[0][0]
     assert not detection.has_mask and detection.area == rect.sum()
     with pytest.raises(ValueError, match="no mask"):
@@ -164,10 +199,12 @@ def test_output_filters(client):
     big = draw_rect(image, 5, 5, 45, 45, RED)
     draw_rect(image, 80, 10, 84, 14, RED)  # 16 pixels
     assert len(client.segment_image(image, "red")[0]) == 2
-    [only] = client.segment_image(image, "red", min_area=17)[0].detections
+    [only] = client.segment_image(image, "red", output=OutputOptions(min_area_pixels=17))[0]
     assert np.array_equal(only.mask, big)
-    assert len(client.segment_image(image, "red", max_detections=1)[0]) == 1
-    assert len(client.segment_image(image, "red", score_threshold=1.0)[0]) == 2
+    assert len(client.segment_image(image, "red", output=OutputOptions(max_detections=1))[0]) == 1
+    assert (
+        len(client.segment_image(image, "red", output=OutputOptions(score_threshold=1.0))[0]) == 2
+    )
 
 
 def test_to_coco_round_trips_through_pycocotools(client, scene):
@@ -206,35 +243,46 @@ def test_errors_are_typed_with_code_and_message(client, scene):
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "colour" in error.message and error.from_server and error.retry_after is None
     assert error.target == client.target
+    assert error.reason == "INVALID_REQUEST"
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is InvalidArgumentError and copy.message == error.message
+    assert copy.reason == error.reason
 
     with pytest.raises(NotFoundError) as caught:
         client.get_session("no-such-session")
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(NotFoundError):
+    assert caught.value.reason == "SESSION_NOT_FOUND"
+    with pytest.raises(NotFoundError) as caught:
         client.segment_image(ServerPath("../outside.png"), "red")
+    assert caught.value.reason == "MEDIA_NOT_FOUND"
+    # A bad field is named, machine-readably.
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.segment_image(scene[0], Prompt(points=[(500, 5)]))
+    assert caught.value.field_violations[0][0] == "prompts[0].points[0].point"
 
 
 def test_local_validation_happens_before_any_call(client):
     with pytest.raises(ValueError, match="x_min, y_min, x_max, y_max"):
         client.segment_image(b"x", Prompt(boxes=[(1, 2, 3)]))
     with pytest.raises(ValueError, match="mask_encoding"):
-        client.segment_image(b"x", "red", mask_encoding="jpeg")
+        client.segment_image(b"x", "red", output=OutputOptions(mask_encoding="jpeg"))
     with pytest.raises(TypeError):
         client.segment_image(12345, "red")
     with pytest.raises(ValueError, match="at least one prompt"):
         client.segment_image(b"x", [])
     with pytest.raises(FileNotFoundError):
         client.upload_video("/no/such/video.mp4")
+
+
+def test_a_client_takes_one_target():
     with pytest.raises(TypeError, match="Sam3Pool"):
         Sam3Client(["a:1", "b:2"])
 
 
-def test_unreachable_server_is_unavailable_and_retried():
+def test_unreachable_server_is_unavailable_and_retried(connect):
     delays = []
     policy = RetryPolicy(max_attempts=3, sleep=delays.append)
-    with Sam3Client("127.0.0.1:1", retry=policy, timeout=10) as client:
+    with connect("127.0.0.1:1", retry=policy, timeout=10) as client:
         with pytest.raises(UnavailableError) as caught:
             client.status()
     assert caught.value.connection_failed and not caught.value.from_server
@@ -336,7 +384,7 @@ def test_propagate_streams_every_frame(client, clip, direction, start, expected)
 def test_propagate_max_frames_and_png(client, clip):
     with client.session(upload=clip[0]) as session:
         session.add_prompt(0, "red")
-        frames = list(session.propagate(max_frames=4, mask_encoding="png"))
+        frames = list(session.propagate(max_frames=4, output=OutputOptions(mask_encoding="png")))
     assert [f.frame_index for f in frames] == [0, 1, 2, 3]
     assert np.array_equal(frames[3].objects[0].mask, clip[1][3])
 
@@ -374,7 +422,7 @@ class StepPermits:
                 return
 
 
-def test_breaking_out_of_propagate_cancels_the_stream(synthetic_server, client, clip):
+def test_leaving_propagate_cancels_the_stream(synthetic_server, client, clip):
     engine = synthetic_server.engine
     hook = StepPermits()
     with client.session(ServerPath("disc.avi")) as session:
@@ -384,10 +432,11 @@ def test_breaking_out_of_propagate_cancels_the_stream(synthetic_server, client, 
             before = engine.calls["propagate_step"]
             hook.permits.release(3)
             received = []
-            for frame in session.propagate():
-                received.append(frame.frame_index)
-                if len(received) == 2:
-                    break  # drops the stream: it is cancelled
+            with session.propagate() as stream:
+                for frame in stream:
+                    received.append(frame.frame_index)
+                    if len(received) == 2:
+                        break  # leaving the with block cancels the stream
             assert received == [0, 1]
             wait_until(lambda: not session.refresh().propagating)
         finally:
@@ -437,10 +486,12 @@ def queue_state(server):
     ).queue
 
 
-def test_retries_honour_retry_info_when_the_queue_is_full(start_server, media_root, clip, scene):
+def test_retries_honour_retry_info_when_the_queue_is_full(
+    start_server, media_root, clip, scene, connect
+):
     engine = SyntheticEngine()
     server = start_server(engine, queue_size=1, media_roots=(media_root,))
-    with Sam3Client(server.target) as client:
+    with connect(server.target) as client:
         session = client.start_session(ServerPath("disc.avi"))
     gate = Gate(names=("predict",))
     engine.before_call = gate
@@ -459,10 +510,11 @@ def test_retries_honour_retry_info_when_the_queue_is_full(start_server, media_ro
             sleep=sleeps.append,
             on_retry=lambda n, error, delay: retries.append((n, error, delay)),
         )
-        with Sam3Client(server.target, retry=policy) as client:
+        with connect(server.target, retry=policy) as client:
             with pytest.raises(ResourceExhaustedError) as caught:
                 client.segment_image(scene[0], "red")
         assert caught.value.retry_after is not None and caught.value.retry_after > 0
+        assert caught.value.reason == "QUEUE_FULL" and caught.value.metadata["capacity"] == "1"
         assert [n for n, _, _ in retries] == [1, 2]
         assert all(isinstance(e, ResourceExhaustedError) for _, e, _ in retries)
         assert sleeps == [e.retry_after for _, e, _ in retries]  # the server's hint, as is
@@ -470,7 +522,7 @@ def test_retries_honour_retry_info_when_the_queue_is_full(start_server, media_ro
 
         # A call that is not safe to repeat is never retried.
         sleeps.clear()
-        with Sam3Client(server.target, retry=policy) as client:
+        with connect(server.target, retry=policy) as client:
             with pytest.raises(ResourceExhaustedError):
                 client.add_prompt(session.session_id, 0, "red")
         assert sleeps == []
@@ -487,7 +539,7 @@ def test_retries_honour_retry_info_when_the_queue_is_full(start_server, media_ro
                 wait_until(lambda: queue_state(server).depth == 0)
 
         policy = RetryPolicy(max_attempts=5, sleep=sleep_then_release)
-        with Sam3Client(server.target, retry=policy) as client:
+        with connect(server.target, retry=policy) as client:
             result = client.segment_image(scene[0], "red")
         assert np.array_equal(result[0][0].mask, scene[1])
         assert len(sleeps) == 2  # three attempts in all
@@ -497,9 +549,9 @@ def test_retries_honour_retry_info_when_the_queue_is_full(start_server, media_ro
         pool.shutdown(wait=True)
 
 
-def test_no_retry_on_client_errors(client, scene):
+def test_no_retry_on_client_errors(client, scene, connect):
     sleeps = []
-    with Sam3Client(client.target, retry=RetryPolicy(sleep=sleeps.append)) as retrying:
+    with connect(client.target, retry=RetryPolicy(sleep=sleeps.append)) as retrying:
         with pytest.raises(InvalidArgumentError):
             retrying.segment_image(scene[0], "a dog")
     assert sleeps == []
@@ -559,25 +611,23 @@ class FakeStatusServer:
         return status_service_pb2.GetServerStatusResponse(model_name="fake", ready=True)
 
 
-def test_token_is_sent_as_bearer_metadata_and_unavailable_is_retried():
+def test_token_is_sent_as_bearer_metadata_and_unavailable_is_retried(connect):
     fake = FakeStatusServer([(grpc.StatusCode.UNAVAILABLE, "warming up")])
     try:
         sleeps = []
-        with Sam3Client(
-            fake.target, token="s3cret", retry=RetryPolicy(sleep=sleeps.append)
-        ) as client:
+        with connect(fake.target, token="s3cret", retry=RetryPolicy(sleep=sleeps.append)) as client:
             status = client.status()
         assert status.model_name == "fake"
         assert len(fake.metadata) == 2 and len(sleeps) == 1
         assert all(m["authorization"] == "Bearer s3cret" for m in fake.metadata)
-        with Sam3Client(fake.target) as client:
+        with connect(fake.target) as client:
             client.status()
         assert "authorization" not in fake.metadata[-1]
     finally:
         fake.server.stop(None)
 
 
-def test_tls_and_token_against_a_real_server(start_server, scene, tmp_path):
+def test_tls_and_token_against_a_real_server(start_server, scene, tmp_path, connect):
     from certs import make_certificates
 
     from sam3_grpc.client import UnauthenticatedError
@@ -592,22 +642,23 @@ def test_tls_and_token_against_a_real_server(start_server, scene, tmp_path):
         auth_token_file=str(tokens),
     )
     credentials = grpc.ssl_channel_credentials(certs.ca.read_bytes())
-    with Sam3Client(server.target, credentials=credentials, token="s3cret") as client:
+    with connect(server.target, credentials=credentials, token="s3cret") as client:
         assert np.array_equal(client.segment_image(scene[0], "red")[0][0].mask, scene[1])
-    with Sam3Client(server.target, credentials=credentials, token="wrong") as client:
+    with connect(server.target, credentials=credentials, token="wrong") as client:
         with pytest.raises(UnauthenticatedError) as caught:
             client.segment_image(scene[0], "red")
-    assert "Bearer" in caught.value.message
+    assert "Bearer" in caught.value.message and caught.value.reason == "TOKEN_INVALID"
 
 
-def test_plain_status_errors_without_rich_details():
+def test_plain_status_errors_without_rich_details(connect):
     fake = FakeStatusServer([(grpc.StatusCode.UNAUTHENTICATED, "bad token")])
     try:
-        with Sam3Client(fake.target, retry=NO_RETRY) as client:
+        with connect(fake.target, retry=NO_RETRY) as client:
             with pytest.raises(Sam3Error) as caught:
                 client.status()
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
         assert caught.value.message == "bad token" and not caught.value.from_server
+        assert caught.value.reason is None
     finally:
         fake.server.stop(None)
 
@@ -686,56 +737,7 @@ def test_numpy_and_pil_images_encode_losslessly(client):
         assert np.array_equal(client.segment_image(source, "red")[0][0].mask, rect)
 
 
-# ----- asyncio variant ---------------------------------------------------------------------------
-def test_async_client_end_to_end(synthetic_server, scene, clip):
-    import asyncio
-
-    from sam3_grpc.client import AsyncSam3Client
-
-    image, rect, disc = scene
-    path, masks = clip
-
-    async def scenario():
-        async with AsyncSam3Client(synthetic_server.target) as client:
-            result = await client.segment_image(image, ["red", "blue"])
-            assert np.array_equal(result[0][0].mask, rect)
-            assert np.array_equal(result[1][0].mask, disc)
-            await client.segment_image(encode(image), "red")
-            assert (await client.segment_image(encode(image), "blue")).cache_hit
-            assert await client.health() == "SERVING"
-            assert (await client.status()).model_kind == "synthetic"
-            with pytest.raises(InvalidArgumentError):
-                await client.segment_image(image, "a dog")
-
-            seen = []
-            async with client.session(
-                upload=path, chunk_size=4096, progress=lambda s, t: seen.append(s)
-            ) as session:
-                assert seen[-1] == os.path.getsize(path)
-                added = await session.add_prompt(0, "red")
-                assert added.object_ids == [1]
-                frames = [f async for f in session.propagate()]
-                assert [f.frame_index for f in frames] == list(range(12))
-                assert all(np.array_equal(f.objects[0].mask, masks[f.frame_index]) for f in frames)
-                async with session.propagate(max_frames=6) as stream:
-                    first = await stream.__anext__()
-                    assert first.frame_index == 0 and stream.frames_total == 6
-                assert [f async for f in stream] == []  # cancelled
-                for _ in range(500):
-                    if not (await session.refresh()).propagating:
-                        break
-                    await asyncio.sleep(0.01)
-                assert (await session.reset()).object_ids == []
-            assert await client.list_sessions() == []
-
-            with pytest.raises(RuntimeError):
-                async with client.session(ServerPath("disc.avi")):
-                    raise RuntimeError("boom")
-            assert await client.list_sessions() == []
-
-    asyncio.run(scenario())
-
-
+# ----- asyncio specifics -----------------------------------------------------------------------
 def test_async_client_retries_with_an_async_sleep():
     import asyncio
 
@@ -759,3 +761,93 @@ def test_async_client_retries_with_an_async_sleep():
         assert fake.metadata[-1]["authorization"] == "Bearer t"
     finally:
         fake.server.stop(None)
+
+
+def test_both_clients_offer_the_same_methods_with_the_same_signatures():
+    import inspect
+
+    def public(cls) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in inspect.getmembers(cls, callable)
+            if not name.startswith("_")
+        }
+
+    for sync_class, async_class in (
+        (Sam3Client, AsyncSam3Client),
+        (VideoSession, AsyncVideoSession),
+    ):
+        sync_methods, async_methods = public(sync_class), public(async_class)
+        assert sync_methods.keys() == async_methods.keys()
+        for name, signature in sync_methods.items():  # same parameters; returns differ in kind
+            assert signature.parameters == async_methods[name].parameters, name
+
+
+# ----- the routing header of a session behind Envoy ------------------------------------------
+class FakeReplica:
+    """A VideoService that answers StartSession with the routing header Envoy's stateful
+    session filter would add, and records the metadata of every later call."""
+
+    ROUTE = "MTI3LjAuMC4xOjUwMDUx"  # what Envoy sends: an encoded upstream address
+
+    def __init__(self) -> None:
+        from sam3_grpc.v1 import video_service_pb2 as pb
+
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
+
+        def session_reply(context, session_id="s1"):
+            context.send_initial_metadata((("x-sam3-replica", self.ROUTE),))
+            return pb.Session(session_id=session_id, video=pb.VideoInfo(frame_count=3))
+
+        def start(request, context):
+            self.seen.append(("StartSession", dict(context.invocation_metadata())))
+            return pb.StartSessionResponse(session=session_reply(context))
+
+        def add_prompt(request, context):
+            self.seen.append(("AddPrompt", dict(context.invocation_metadata())))
+            return pb.AddPromptResponse()
+
+        def close(request, context):
+            self.seen.append(("CloseSession", dict(context.invocation_metadata())))
+            return pb.CloseSessionResponse(closed=True)
+
+        def propagate(request, context):
+            self.seen.append(("Propagate", dict(context.invocation_metadata())))
+            return iter(())
+
+        handlers = {
+            "StartSession": grpc.unary_unary_rpc_method_handler(
+                start, pb.StartSessionRequest.FromString, pb.StartSessionResponse.SerializeToString
+            ),
+            "AddPrompt": grpc.unary_unary_rpc_method_handler(
+                add_prompt, pb.AddPromptRequest.FromString, pb.AddPromptResponse.SerializeToString
+            ),
+            "CloseSession": grpc.unary_unary_rpc_method_handler(
+                close, pb.CloseSessionRequest.FromString, pb.CloseSessionResponse.SerializeToString
+            ),
+            "Propagate": grpc.unary_stream_rpc_method_handler(
+                propagate, pb.PropagateRequest.FromString, pb.PropagateResponse.SerializeToString
+            ),
+        }
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("sam3_grpc.v1.VideoService", handlers)]
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+def test_the_routing_header_follows_a_session(connect):
+    replica = FakeReplica()
+    try:
+        with connect(f"127.0.0.1:{replica.port}", retry=NO_RETRY) as client:
+            with client.session(ServerPath("clip.mp4")) as session:
+                assert session.info.route == FakeReplica.ROUTE
+                session.add_prompt(0, "red")
+                assert list(session.propagate()) == []
+        calls = dict(replica.seen)
+        assert "x-sam3-replica" not in calls["StartSession"]
+        for method in ("AddPrompt", "Propagate", "CloseSession"):
+            assert calls[method]["x-sam3-replica"] == FakeReplica.ROUTE, method
+    finally:
+        replica.server.stop(None)

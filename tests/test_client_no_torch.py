@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
 
     import sam3_grpc.client as client_package
-    from sam3_grpc.client import Prompt, Sam3Client
+    from sam3_grpc.client import OutputOptions, Prompt, Sam3Client
 
     target, image_path = sys.argv[1], sys.argv[2]
     with open(image_path, "rb") as handle:
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
         report["coco_keys"] = sorted(detection.to_coco())
         report["health"] = client.health()
         report["model_kind"] = client.status().model_kind
-        png = client.segment_image(data, "red", mask_encoding="png")[0][0]
+        png = client.segment_image(data, "red", output=OutputOptions(mask_encoding="png"))[0][0]
         try:
             png.mask
             report["png"] = "decoded"

@@ -109,7 +109,7 @@ def test_segment_image_like_grpcurl(reflected):
     red, blue = reply["results"]
     [detection] = red["detections"]
     assert detection["box"] == {"x_min": 10.0, "y_min": 20.0, "x_max": 50.0, "y_max": 60.0}
-    assert int(detection["area"]) == int(rect.sum())  # uint64 comes as a JSON string
+    assert int(detection["area_pixels"]) == int(rect.sum())  # int64 comes as a JSON string
     assert detection["mask"]["rle_counts"]
     assert blue["prompt_index"] == 1 and len(blue["detections"]) == 1
 

@@ -61,10 +61,10 @@ def assert_well_formed(detection, width, height):
     assert (detection.mask.width, detection.mask.height) == (width, height)
     mask = mask_of(detection)
     assert mask.shape == (height, width)
-    assert detection.area == mask.sum()
+    assert detection.area_pixels == mask.sum()
     box = detection.box
     assert 0 <= box.x_min <= box.x_max <= width and 0 <= box.y_min <= box.y_max <= height
-    if detection.area:
+    if detection.area_pixels:
         ys, xs = np.nonzero(mask)
         assert (box.x_min, box.y_min, box.x_max, box.y_max) == (
             xs.min(),

@@ -40,11 +40,11 @@ def test_rle_masks_equal_drawn_shapes_pixel_for_pixel(synthetic_server, scene):
     assert (reply.width, reply.height) == (200, 150)
     detections = reply.results[0].detections
     assert len(detections) == 2
-    by_area = sorted(detections, key=lambda d: -d.area)
+    by_area = sorted(detections, key=lambda d: -d.area_pixels)
     np.testing.assert_array_equal(mask_of(by_area[0]), masks["big"])
     np.testing.assert_array_equal(mask_of(by_area[1]), masks["small"])
     big = by_area[0]
-    assert big.area == 60 * 60
+    assert big.area_pixels == 60 * 60
     assert (big.box.x_min, big.box.y_min, big.box.x_max, big.box.y_max) == (10, 20, 70, 80)
     assert big.mask.width == 200 and big.mask.height == 150
     assert 0.0 <= big.score <= 1.0
@@ -56,7 +56,7 @@ def test_rle_is_exactly_what_pycocotools_produces(synthetic_server, scene):
     (detection,) = reply.results[0].detections
     expected = coco_mask.encode(np.asfortranarray(masks["disc"].astype(np.uint8)))
     assert detection.mask.rle_counts == expected["counts"].decode()
-    assert detection.area == int(coco_mask.area(expected))
+    assert detection.area_pixels == int(coco_mask.area(expected))
 
 
 def test_png_masks_equal_drawn_shapes(synthetic_server, scene):
@@ -76,7 +76,7 @@ def test_mask_encoding_none_still_returns_boxes_and_areas(synthetic_server, scen
     )
     (detection,) = reply.results[0].detections
     assert not detection.HasField("mask")
-    assert detection.area == masks["disc"].sum()
+    assert detection.area_pixels == masks["disc"].sum()
 
 
 def test_several_prompts_in_one_request_share_one_encoding(synthetic_server, scene):
@@ -127,8 +127,8 @@ def test_box_and_point_prompts_select_the_region_under_them(synthetic_server, sc
 def test_min_area_and_max_detections_filter(synthetic_server, scene):
     image, _ = scene
     data = encode(image)
-    reply = synthetic_server.segmentation.SegmentImage(request(data, "red", min_area=401))
-    assert [d.area for d in reply.results[0].detections] == [3600]
+    reply = synthetic_server.segmentation.SegmentImage(request(data, "red", min_area_pixels=401))
+    assert [d.area_pixels for d in reply.results[0].detections] == [3600]
     reply = synthetic_server.segmentation.SegmentImage(request(data, "red", max_detections=1))
     assert len(reply.results[0].detections) == 1
     reply = synthetic_server.segmentation.SegmentImage(request(data, "red", score_threshold=1.0))
@@ -138,7 +138,7 @@ def test_min_area_and_max_detections_filter(synthetic_server, scene):
 def test_polygons_trace_the_mask(synthetic_server, scene):
     image, masks = scene
     reply = synthetic_server.segmentation.SegmentImage(
-        request(encode(image), "blue", include_polygons=True, polygon_tolerance=0.0)
+        request(encode(image), "blue", include_polygons=True, polygon_tolerance_pixels=0.0)
     )
     (detection,) = reply.results[0].detections
     assert len(detection.polygons) == 1
@@ -147,7 +147,7 @@ def test_polygons_trace_the_mask(synthetic_server, scene):
     cv2.fillPoly(filled, [points], 1)
     assert iou(filled.astype(bool), masks["disc"]) >= 0.97
     coarse = synthetic_server.segmentation.SegmentImage(
-        request(encode(image), "blue", include_polygons=True, polygon_tolerance=5.0)
+        request(encode(image), "blue", include_polygons=True, polygon_tolerance_pixels=5.0)
     )
     assert len(coarse.results[0].detections[0].polygons[0].points) < len(points)
     plain = synthetic_server.segmentation.SegmentImage(request(encode(image), "blue"))

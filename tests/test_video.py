@@ -79,7 +79,7 @@ def propagate(server, session_id, **fields):
 
 def upload_files(server) -> list[str]:
     directory = server.server.sessions.upload_dir
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("sam3grpc-upload-"))
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("upload-"))
 
 
 @pytest.fixture(scope="module")

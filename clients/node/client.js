@@ -175,8 +175,8 @@ function toOutput(options = {}) {
   const output = {
     mask_encoding: `MASK_ENCODING_${(options.maskEncoding || 'rle').toUpperCase()}`,
     include_polygons: Boolean(options.includePolygons),
-    polygon_tolerance: options.polygonTolerance || 0,
-    min_area: options.minArea || 0,
+    polygon_tolerance_pixels: options.polygonTolerancePixels || 0,
+    min_area_pixels: options.minAreaPixels || 0,
     max_detections: options.maxDetections || 0,
   };
   if (options.scoreThreshold !== undefined && options.scoreThreshold !== null) {
@@ -277,7 +277,7 @@ class Sam3Client {
   /**
    * Segments one image. image: Buffer | local path | {serverPath}. prompts: a string, a
    * prompt object, or an array of them. options: maskEncoding ('rle'|'png'|'none'),
-   * includePolygons, polygonTolerance, scoreThreshold, minArea, maxDetections, timeoutMs.
+   * includePolygons, polygonTolerancePixels, scoreThreshold, minAreaPixels, maxDetections, timeoutMs.
    */
   async segmentImage(image, prompts, options = {}) {
     const list = Array.isArray(prompts) ? prompts : [prompts];

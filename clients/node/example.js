@@ -34,7 +34,7 @@ function summarise(detection) {
     object_id: detection.object_id,
     score: Number(detection.score.toFixed(4)),
     box: [b.x_min, b.y_min, b.x_max, b.y_max],
-    area: detection.area,
+    area: detection.area_pixels,
     mask_area: maskArea,
   };
 }

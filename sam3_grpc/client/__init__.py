@@ -14,7 +14,12 @@
 
 Needs only grpcio, grpcio-status, protobuf, numpy and pycocotools; never imports torch. OpenCV
 or Pillow are imported lazily, only to encode numpy/PIL images or decode PNG masks. The names
-below are loaded on first use, so `import sam3_grpc.client.commands` (the CLI) stays light.
+below are loaded on first use, so importing the package (or the CLI) stays light.
+
+`Sam3Client` blocks; `AsyncSam3Client` has the same methods and signatures as coroutines. Both
+are thin I/O around one core (`_core.py`): request building, reply conversion, default deadlines
+(`DEFAULT_TIMEOUTS`), the retry decision, and the routing header that keeps a session on its
+replica behind Envoy. Errors carry a machine-readable `reason` (see `errors.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sam3_grpc.client._core import DEFAULT_TIMEOUTS, OutputOptions
     from sam3_grpc.client.aio import AsyncPropagateStream, AsyncSam3Client, AsyncVideoSession
     from sam3_grpc.client.client import PropagateStream, Sam3Client, VideoSession
     from sam3_grpc.client.errors import (
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_TIMEOUTS",
     "NO_RETRY",
     "AddPromptResult",
     "AsyncPropagateStream",
@@ -77,6 +84,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "OutOfRangeError",
+    "OutputOptions",
     "PermissionDeniedError",
     "Prompt",
     "PromptResult",
@@ -106,6 +114,8 @@ _MODULES = {
     "Sam3Client": "client",
     "VideoSession": "client",
     "Sam3Pool": "pool",
+    "OutputOptions": "_core",
+    "DEFAULT_TIMEOUTS": "_core",
     "NO_RETRY": "retry",
     "RetryPolicy": "retry",
 }

@@ -35,3 +35,14 @@ def messages():
             pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")
         ),
     )
+
+
+class HealthStub:
+    """The one health method the client calls, on a blocking or an asyncio channel."""
+
+    def __init__(self, channel, request_class, response_class) -> None:
+        self.Check = channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )

@@ -1,4 +1,4 @@
-"""The asyncio variant of the client: the methods of Sam3Client as coroutines.
+"""The asyncio Python client: the methods of Sam3Client, with the same signatures, as coroutines.
 
     from sam3_grpc.client.aio import AsyncSam3Client
 
@@ -9,9 +9,10 @@
             async for frame in session.propagate():
                 ...
 
-Same results, errors and retry rules as the synchronous client. Retry delays are awaited with
-asyncio.sleep unless the RetryPolicy was given a sleep function of its own (which may be a
-coroutine function). Files are read in a worker thread, so uploads never block the loop.
+Same results, errors, deadlines and retry rules as the blocking client (both are thin I/O around
+`_core`). Retry delays are awaited with asyncio.sleep unless the RetryPolicy was given a sleep
+function of its own (which may be a coroutine function). Files are read in a worker thread, so
+uploads never block the loop.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from typing import Any
 
 import grpc
 
-from sam3_grpc.client import _convert, _health
-from sam3_grpc.client.client import DEFAULT, DEFAULT_TARGET, MiB, VideoSession, file_sha256
+from sam3_grpc.client import _core, _health
+from sam3_grpc.client._core import DEFAULT, DEFAULT_TARGET, Call, MiB, OutputOptions
 from sam3_grpc.client.errors import NotFoundError, Sam3Error, from_rpc_error
-from sam3_grpc.client.retry import RetryPolicy
+from sam3_grpc.client.retry import NO_RETRY, RetryPolicy
 from sam3_grpc.client.types import (
     AddPromptResult,
     Prompt,
@@ -38,12 +39,11 @@ from sam3_grpc.client.types import (
     ServerPath,
     ServerStatus,
     Session,
-    as_prompt,
     as_prompts,
 )
 from sam3_grpc.v1 import (
+    common_pb2,
     segmentation_service_pb2_grpc,
-    status_service_pb2,
     status_service_pb2_grpc,
     video_service_pb2,
     video_service_pb2_grpc,
@@ -77,10 +77,10 @@ class AsyncPropagateStream:
                 raise StopAsyncIteration from None
             self._closed = True
             raise from_rpc_error(exc, self._target) from None
-        if response is grpc.aio.EOF:
+        if response is grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from grpc's stubs
             self._closed = True
             raise StopAsyncIteration
-        frame = _convert.propagate_frame_from_proto(response)
+        frame = _core.propagate_frame_from_proto(response)
         self.frames_done, self.frames_total = frame.frames_done, frame.frames_total
         return frame
 
@@ -99,80 +99,93 @@ class AsyncPropagateStream:
         self.cancel()
 
 
-class AsyncVideoSession(VideoSession):
-    """A session bound to an AsyncSam3Client; its methods are coroutines (propagate returns
-    an AsyncPropagateStream)."""
+class AsyncVideoSession(_core.SessionHandle):
+    """A session bound to an AsyncSam3Client: the methods of VideoSession, as coroutines
+    (propagate returns an AsyncPropagateStream)."""
 
     async def add_prompt(
-        self, frame_index: int, prompt: str | Prompt, **kwargs: Any
+        self,
+        frame_index: int,
+        prompt: str | Prompt,
+        *,
+        object_id: int | None = None,
+        output: OutputOptions | None = None,
+        timeout: Any = DEFAULT,
     ) -> AddPromptResult:
-        return await self._client.add_prompt(self.session_id, frame_index, prompt, **kwargs)
+        return await self._client.add_prompt(
+            self.session_id,
+            frame_index,
+            prompt,
+            object_id=object_id,
+            output=output,
+            timeout=timeout,
+        )
 
-    async def remove_object(self, object_id: int, **kwargs: Any) -> Session:
-        self.info = await self._client.remove_object(self.session_id, object_id, **kwargs)
+    async def remove_object(self, object_id: int, *, timeout: Any = DEFAULT) -> Session:
+        self.info = await self._client.remove_object(self.session_id, object_id, timeout=timeout)
         return self.info
 
-    async def reset(self, **kwargs: Any) -> Session:
-        self.info = await self._client.reset_session(self.session_id, **kwargs)
+    async def reset(self, *, timeout: Any = DEFAULT) -> Session:
+        self.info = await self._client.reset_session(self.session_id, timeout=timeout)
         return self.info
 
-    def propagate(self, **kwargs: Any) -> AsyncPropagateStream:
-        return self._client.propagate(self.session_id, **kwargs)
+    def propagate(self, **options: Any) -> AsyncPropagateStream:
+        """See AsyncSam3Client.propagate."""
+        return self._client.propagate(self.session_id, **options)
 
-    async def refresh(self, **kwargs: Any) -> Session:
-        self.info = await self._client.get_session(self.session_id, **kwargs)
+    async def refresh(self, *, timeout: Any = DEFAULT) -> Session:
+        self.info = await self._client.get_session(self.session_id, timeout=timeout)
         return self.info
 
-    async def close(self, **kwargs: Any) -> bool:
+    async def close(self, *, timeout: Any = DEFAULT) -> bool:
         self.closed = True
-        return await self._client.close_session(self.session_id, **kwargs)
+        return await self._client.close_session(self.session_id, timeout=timeout)
 
 
 class AsyncSam3Client:
-    """asyncio client of one server; the constructor takes Sam3Client's arguments. Create it
-    inside the event loop that uses it."""
+    """asyncio client of one server; the constructor takes Sam3Client's arguments (`channel`
+    must then be a grpc.aio channel). Create it inside the event loop that uses it."""
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
-        timeout: float | None = 30.0,
+        timeout: Any = DEFAULT,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
         max_message_bytes: int = 64 * MiB,
         retry: RetryPolicy | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
         if not isinstance(target, str):
             raise TypeError("AsyncSam3Client takes one target")
         self.target = target
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
+        self.routes = _core.Routes()
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        channel_options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            *options,
-        ]
-        if credentials is not None:
-            channel = grpc.aio.secure_channel(target, credentials, channel_options)
-        else:
-            channel = grpc.aio.insecure_channel(target, channel_options)
+        self._owns_channel = channel is None
+        if channel is None:
+            channel_options = _core.channel_options(max_message_bytes, options)
+            if credentials is not None:
+                channel = grpc.aio.secure_channel(target, credentials, channel_options)
+            else:
+                channel = grpc.aio.insecure_channel(target, channel_options)
         self._channel = channel
-        self._segmentation = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
-        self._video = video_service_pb2_grpc.VideoServiceStub(channel)
-        self._status = status_service_pb2_grpc.StatusServiceStub(channel)
         request_class, response_class = _health.messages()
-        self._health_check = channel.unary_unary(
-            _health.CHECK_METHOD,
-            request_serializer=request_class.SerializeToString,
-            response_deserializer=response_class.FromString,
-        )
+        self._stubs: dict[str, Any] = {
+            "segmentation": segmentation_service_pb2_grpc.SegmentationServiceStub(channel),
+            "video": video_service_pb2_grpc.VideoServiceStub(channel),
+            "status": status_service_pb2_grpc.StatusServiceStub(channel),
+            "health": _health.HealthStub(channel, request_class, response_class),
+        }
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._owns_channel:
+            await self._channel.close(grace=None)
 
     async def __aenter__(self) -> AsyncSam3Client:
         return self
@@ -183,38 +196,48 @@ class AsyncSam3Client:
     def __repr__(self) -> str:
         return f"AsyncSam3Client({self.target!r})"
 
-    async def _sleep(self, policy: RetryPolicy, delay: float) -> None:
+    @staticmethod
+    async def _sleep(policy: RetryPolicy, delay: float) -> None:
         if policy.sleep is time.sleep:
             await asyncio.sleep(delay)
             return
-        result = policy.sleep(delay)
+        result: Any = policy.sleep(delay)
         if inspect.isawaitable(result):
             await result
 
-    async def _unary(self, method: Callable, request: Any, *, timeout: Any, safe: bool) -> Any:
-        timeout = self.timeout if timeout is DEFAULT else timeout
-        policy = self.retry if safe else None
-        deadline = None if timeout is None else time.monotonic() + timeout
+    async def _invoke(self, call: Call, timeout: Any, retry: RetryPolicy | None = None) -> Any:
+        """See Sam3Client._invoke. Returns (result, initial metadata)."""
+        limit = _core.timeout_for(call.method, timeout, self.timeout)
+        policy = (retry or self.retry) if call.safe else None
+        deadline = None if limit is None else time.monotonic() + limit
+        method = getattr(self._stubs[call.stub], call.method)
+        metadata = self.routes.metadata(self._metadata, call.session_id)
         attempt = 1
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await method(request, timeout=remaining, metadata=self._metadata)
+                rpc = method(call.request, timeout=_core.remaining(deadline), metadata=metadata)
+                reply = await rpc
+                return call.convert(reply, self.target), await rpc.initial_metadata()
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc, self.target)
-            if (
-                policy is None
-                or attempt >= policy.max_attempts
-                or (error.code not in policy.retryable_codes)
-            ):
+            delay = _core.retry_delay(policy, attempt, error, deadline)
+            if delay is None:
                 raise error
-            delay = policy.delay(attempt, error.retry_after)
-            if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
-                raise error
+            assert policy is not None
             if policy.on_retry is not None:
                 policy.on_retry(attempt, error, delay)
             await self._sleep(policy, delay)
             attempt += 1
+
+    async def _result(self, call: Call, timeout: Any, retry: RetryPolicy | None = None) -> Any:
+        return (await self._invoke(call, timeout, retry))[0]
+
+    async def _session_result(self, call: Call, timeout: Any) -> Session:
+        session, metadata = await self._invoke(call, timeout)
+        route = self.routes.remember(session.session_id, metadata) or self.routes.get(
+            session.session_id
+        )
+        return _core.with_route(session, route)
 
     # ----- images --------------------------------------------------------------------------
     async def segment_image(
@@ -222,35 +245,25 @@ class AsyncSam3Client:
         image: Any,
         prompts: str | Prompt | Sequence[str | Prompt],
         *,
+        output: OutputOptions | None = None,
         timeout: Any = DEFAULT,
-        **output: Any,
     ) -> SegmentResult:
-        """See Sam3Client.segment_image; a path is read in a worker thread."""
-        prompt_list = as_prompts(prompts)
-        if not isinstance(image, ServerPath) and (
-            isinstance(image, (str, os.PathLike))
-            or hasattr(image, "shape")
-            or type(image).__module__.startswith("PIL.")
-        ):
-            image = await asyncio.to_thread(_convert.image_to_proto, image)
-        request = _convert.segment_request(image, prompt_list, **output)
-        response = await self._unary(
-            self._segmentation.SegmentImage, request, timeout=timeout, safe=True
+        """See Sam3Client.segment_image; a path or an array is read or encoded in a worker
+        thread."""
+        message = (
+            image
+            if isinstance(image, common_pb2.Image)
+            else await asyncio.to_thread(_core.image_to_proto, image)
         )
-        return _convert.segment_result_from_proto(response, prompt_list)
+        call = _core.segment_image_call(message, as_prompts(prompts), output)
+        return await self._result(call, timeout)
 
     # ----- video sessions ------------------------------------------------------------------
     async def start_session(
         self, video_path: str | ServerPath, *, timeout: Any = DEFAULT
     ) -> Session:
-        path = video_path.path if isinstance(video_path, ServerPath) else os.fspath(video_path)
-        response = await self._unary(
-            self._video.StartSession,
-            video_service_pb2.StartSessionRequest(video_path=path),
-            timeout=timeout,
-            safe=False,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        """See Sam3Client.start_session."""
+        return await self._session_result(_core.start_session_call(video_path), timeout)
 
     async def upload_video(
         self,
@@ -259,7 +272,7 @@ class AsyncSam3Client:
         chunk_size: int = MiB,
         sha256: bool | str = True,
         progress: Callable[[int, int], None] | None = None,
-        timeout: float | None = None,
+        timeout: Any = DEFAULT,
     ) -> Session:
         """See Sam3Client.upload_video. Never retried."""
         path = os.fspath(path)
@@ -267,12 +280,12 @@ class AsyncSam3Client:
             raise ValueError("chunk_size must be positive")
         size = os.stat(path).st_size
         if sha256 is True:
-            digest = await asyncio.to_thread(file_sha256, path)
+            digest = await asyncio.to_thread(_core.file_sha256, path)
         else:
-            digest = sha256.lower() if isinstance(sha256, str) else ""
+            digest = (sha256 or "").lower()
 
         async def requests() -> AsyncIterator[video_service_pb2.UploadVideoRequest]:
-            yield _convert.upload_metadata(path, size, digest)
+            yield _core.upload_metadata(path, size, digest)
             sent = 0
             handle = await asyncio.to_thread(open, path, "rb")
             try:
@@ -288,12 +301,17 @@ class AsyncSam3Client:
                 handle.close()
 
         try:
-            response = await self._video.UploadVideo(
-                requests(), timeout=timeout, metadata=self._metadata
+            rpc = self._stubs["video"].UploadVideo(
+                requests(),
+                timeout=_core.timeout_for("UploadVideo", timeout, DEFAULT),
+                metadata=self._metadata,
             )
+            reply = await rpc
+            metadata = await rpc.initial_metadata()
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
-        return _convert.session_from_proto(response.session, self.target)
+        session = _core.session_from_proto(reply.session, self.target)
+        return _core.with_route(session, self.routes.remember(session.session_id, metadata))
 
     async def add_prompt(
         self,
@@ -302,69 +320,56 @@ class AsyncSam3Client:
         prompt: str | Prompt,
         *,
         object_id: int | None = None,
+        output: OutputOptions | None = None,
         timeout: Any = DEFAULT,
-        **output: Any,
     ) -> AddPromptResult:
-        request = _convert.add_prompt_request(
-            session_id, frame_index, as_prompt(prompt), object_id=object_id, **output
-        )
-        response = await self._unary(self._video.AddPrompt, request, timeout=timeout, safe=False)
-        return _convert.add_prompt_result_from_proto(response)
+        """See Sam3Client.add_prompt."""
+        call = _core.add_prompt_call(session_id, frame_index, prompt, object_id, output)
+        return await self._result(call, timeout)
 
     async def remove_object(
         self, session_id: str, object_id: int, *, timeout: Any = DEFAULT
     ) -> Session:
-        response = await self._unary(
-            self._video.RemoveObject,
-            video_service_pb2.RemoveObjectRequest(session_id=session_id, object_id=object_id),
-            timeout=timeout,
-            safe=False,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        return await self._session_result(_core.remove_object_call(session_id, object_id), timeout)
 
     async def reset_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
-        response = await self._unary(
-            self._video.ResetSession,
-            video_service_pb2.ResetSessionRequest(session_id=session_id),
-            timeout=timeout,
-            safe=True,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        return await self._session_result(_core.reset_session_call(session_id), timeout)
 
     def propagate(
-        self, session_id: str, *, timeout: float | None = None, **options: Any
+        self,
+        session_id: str,
+        *,
+        direction: str = "forward",
+        start_frame_index: int | None = None,
+        max_frames: int = 0,
+        output: OutputOptions | None = None,
+        timeout: Any = DEFAULT,
     ) -> AsyncPropagateStream:
         """See Sam3Client.propagate; iterate with `async for`."""
-        request = _convert.propagate_request(session_id, **options)
-        call = self._video.Propagate(request, timeout=timeout, metadata=self._metadata)
+        request = _core.propagate_request(
+            session_id,
+            direction=direction,
+            start_frame_index=start_frame_index,
+            max_frames=max_frames,
+            output=output,
+        )
+        call = self._stubs["video"].Propagate(
+            request,
+            timeout=_core.timeout_for("Propagate", timeout, DEFAULT),
+            metadata=self.routes.metadata(self._metadata, session_id),
+        )
         return AsyncPropagateStream(call, self.target)
 
     async def get_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
-        response = await self._unary(
-            self._video.GetSession,
-            video_service_pb2.GetSessionRequest(session_id=session_id),
-            timeout=timeout,
-            safe=True,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        return await self._session_result(_core.get_session_call(session_id), timeout)
 
     async def list_sessions(self, *, timeout: Any = DEFAULT) -> list[Session]:
-        response = await self._unary(
-            self._video.ListSessions,
-            video_service_pb2.ListSessionsRequest(),
-            timeout=timeout,
-            safe=True,
-        )
-        return [_convert.session_from_proto(s, self.target) for s in response.sessions]
+        return await self._result(_core.list_sessions_call(), timeout)
 
     async def close_session(self, session_id: str, *, timeout: Any = DEFAULT) -> bool:
-        response = await self._unary(
-            self._video.CloseSession,
-            video_service_pb2.CloseSessionRequest(session_id=session_id),
-            timeout=timeout,
-            safe=True,
-        )
-        return response.closed
+        closed = await self._result(_core.close_session_call(session_id), timeout)
+        self.routes.forget(session_id)
+        return closed
 
     @contextlib.asynccontextmanager
     async def session(
@@ -375,14 +380,11 @@ class AsyncSam3Client:
         **upload_options: Any,
     ) -> AsyncIterator[AsyncVideoSession]:
         """See Sam3Client.session: always closes the session, even when the body raises."""
-        if (video_path is None) == (upload is None):
-            raise ValueError(
-                "give exactly one of video_path (a video on the server) or "
-                "upload (a local file to upload)"
-            )
+        _core.check_session_source(video_path, upload, upload_options)
         if upload is not None:
             info = await self.upload_video(upload, **upload_options)
         else:
+            assert video_path is not None
             info = await self.start_session(video_path)
         handle = AsyncVideoSession(self, info)
         failed = True
@@ -398,20 +400,34 @@ class AsyncSam3Client:
 
     # ----- server state --------------------------------------------------------------------
     async def status(self, *, timeout: Any = DEFAULT) -> ServerStatus:
-        response = await self._unary(
-            self._status.GetServerStatus,
-            status_service_pb2.GetServerStatusRequest(),
-            timeout=timeout,
-            safe=True,
-        )
-        return _convert.status_from_proto(response, self.target)
+        return await self._result(_core.status_call(), timeout)
 
-    async def health(self, service: str = "", *, timeout: Any = DEFAULT) -> str:
-        request_class, _ = _health.messages()
+    async def health(
+        self, service: str = "", *, timeout: Any = DEFAULT, retry: RetryPolicy | None = None
+    ) -> str:
+        """See Sam3Client.health."""
         try:
-            response = await self._unary(
-                self._health_check, request_class(service=service), timeout=timeout, safe=True
-            )
+            return await self._result(_core.health_call(service), timeout, retry)
         except NotFoundError:
             return "SERVICE_UNKNOWN"
-        return _health.STATUS_NAMES.get(response.status, "UNKNOWN")
+
+    async def wait_until_serving(
+        self, timeout: float = 60.0, *, service: str = "", poll_interval: float = 0.5
+    ) -> None:
+        """See Sam3Client.wait_until_serving."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            try:
+                last = await self.health(
+                    service, timeout=_core.poll_timeout(deadline), retry=NO_RETRY
+                )
+                if last == "SERVING":
+                    return
+            except Sam3Error as exc:
+                if not _core.keeps_waiting(exc):
+                    raise
+                last = exc.message
+            if time.monotonic() + poll_interval >= deadline:
+                raise _core.not_serving_error(self.target, timeout, last)
+            await asyncio.sleep(poll_interval)

@@ -1,9 +1,8 @@
-"""The synchronous Python client of one sam3-grpc server."""
+"""The blocking Python client of one sam3-grpc server: the I/O around `_core`."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -12,39 +11,26 @@ from typing import Any
 
 import grpc
 
-from sam3_grpc.client import _convert, _health
-from sam3_grpc.client.errors import Sam3Error, from_rpc_error
-from sam3_grpc.client.retry import RetryPolicy
+from sam3_grpc.client import _core, _health
+from sam3_grpc.client._core import DEFAULT, DEFAULT_TARGET, Call, MiB, OutputOptions
+from sam3_grpc.client.errors import DeadlineExceededError, NotFoundError, Sam3Error, from_rpc_error
+from sam3_grpc.client.retry import NO_RETRY, RetryPolicy
 from sam3_grpc.client.types import (
     AddPromptResult,
-    FrameResult,
     Prompt,
     PropagateFrame,
     SegmentResult,
     ServerPath,
     ServerStatus,
     Session,
-    as_prompt,
     as_prompts,
 )
 from sam3_grpc.v1 import (
     segmentation_service_pb2_grpc,
-    status_service_pb2,
     status_service_pb2_grpc,
     video_service_pb2,
     video_service_pb2_grpc,
 )
-
-MiB = 1024 * 1024
-DEFAULT_TARGET = "localhost:50051"
-
-
-class _Default:
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT: Any = _Default()  # "use the client's timeout"
 
 
 class PropagateStream:
@@ -78,7 +64,7 @@ class PropagateStream:
                 raise StopIteration from None
             self._closed = True
             raise from_rpc_error(exc, self._target) from None
-        frame = _convert.propagate_frame_from_proto(response)
+        frame = _core.propagate_frame_from_proto(response)
         self.frames_done, self.frames_total = frame.frames_done, frame.frames_total
         return frame
 
@@ -103,67 +89,69 @@ class PropagateStream:
             pass
 
 
-class VideoSession:
-    """A video session bound to the client (or pool) that opened it.
+class VideoSession(_core.SessionHandle):
+    """A video session bound to the client (or pool) that opened it; every method forwards to
+    the client with this session's id. `info` is the last Session description received."""
 
-    Obtained from `client.session(...)`; every method forwards to the client with this
-    session's id. `info` is the last Session description received.
-    """
+    def add_prompt(
+        self,
+        frame_index: int,
+        prompt: str | Prompt,
+        *,
+        object_id: int | None = None,
+        output: OutputOptions | None = None,
+        timeout: Any = DEFAULT,
+    ) -> AddPromptResult:
+        return self._client.add_prompt(
+            self.session_id,
+            frame_index,
+            prompt,
+            object_id=object_id,
+            output=output,
+            timeout=timeout,
+        )
 
-    def __init__(self, client: Any, info: Session) -> None:
-        self._client = client
-        self.info = info
-        self.closed = False
-
-    @property
-    def session_id(self) -> str:
-        return self.info.session_id
-
-    @property
-    def frame_count(self) -> int:
-        return self.info.frame_count
-
-    @property
-    def fps(self) -> float:
-        return self.info.fps
-
-    @property
-    def width(self) -> int:
-        return self.info.width
-
-    @property
-    def height(self) -> int:
-        return self.info.height
-
-    def add_prompt(self, frame_index: int, prompt: str | Prompt, **kwargs: Any) -> AddPromptResult:
-        return self._client.add_prompt(self.session_id, frame_index, prompt, **kwargs)
-
-    def remove_object(self, object_id: int, **kwargs: Any) -> Session:
-        self.info = self._client.remove_object(self.session_id, object_id, **kwargs)
+    def remove_object(self, object_id: int, *, timeout: Any = DEFAULT) -> Session:
+        self.info = self._client.remove_object(self.session_id, object_id, timeout=timeout)
         return self.info
 
-    def reset(self, **kwargs: Any) -> Session:
-        self.info = self._client.reset_session(self.session_id, **kwargs)
+    def reset(self, *, timeout: Any = DEFAULT) -> Session:
+        self.info = self._client.reset_session(self.session_id, timeout=timeout)
         return self.info
 
-    def propagate(self, **kwargs: Any) -> PropagateStream:
-        return self._client.propagate(self.session_id, **kwargs)
+    def propagate(self, **options: Any) -> PropagateStream:
+        """See Sam3Client.propagate."""
+        return self._client.propagate(self.session_id, **options)
 
-    def refresh(self, **kwargs: Any) -> Session:
-        self.info = self._client.get_session(self.session_id, **kwargs)
+    def refresh(self, *, timeout: Any = DEFAULT) -> Session:
+        self.info = self._client.get_session(self.session_id, timeout=timeout)
         return self.info
 
-    def close(self, **kwargs: Any) -> bool:
+    def close(self, *, timeout: Any = DEFAULT) -> bool:
         """Closes the session on the server; True when it was still open."""
         self.closed = True
-        return self._client.close_session(self.session_id, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"VideoSession({self.info!r})"
+        return self._client.close_session(self.session_id, timeout=timeout)
 
 
 class _SessionContext:
     """The `session(...)` context manager shared by Sam3Client and Sam3Pool."""
+
+    def start_session(self, video_path: str | ServerPath, *, timeout: Any = DEFAULT) -> Session:
+        raise NotImplementedError
+
+    def upload_video(
+        self,
+        path: str | os.PathLike,
+        *,
+        chunk_size: int = MiB,
+        sha256: bool | str = True,
+        progress: Callable[[int, int], None] | None = None,
+        timeout: Any = DEFAULT,
+    ) -> Session:
+        raise NotImplementedError
+
+    def close_session(self, session_id: str, *, timeout: Any = DEFAULT) -> bool:
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def session(
@@ -178,16 +166,11 @@ class _SessionContext:
         `video_path` names a video on the server (StartSession); `upload` a local file to
         upload first (UploadVideo; upload_options go to upload_video, e.g. progress=...).
         """
-        if (video_path is None) == (upload is None):
-            raise ValueError(
-                "give exactly one of video_path (a video on the server) or "
-                "upload (a local file to upload)"
-            )
+        _core.check_session_source(video_path, upload, upload_options)
         if upload is not None:
             info = self.upload_video(upload, **upload_options)
         else:
-            if upload_options:
-                raise TypeError(f"unexpected options without upload: {sorted(upload_options)}")
+            assert video_path is not None
             info = self.start_session(video_path)
         handle = VideoSession(self, info)
         failed = True
@@ -202,21 +185,16 @@ class _SessionContext:
                     raise
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = MiB) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Sam3Client(_SessionContext):
     """A client of one sam3-grpc server.
 
-    target: "host:port". timeout: seconds allowed per unary call, retries included (None: no
-    deadline); streaming calls (upload_video, propagate) default to no deadline. credentials:
+    target: "host:port". timeout: seconds allowed per unary call, retries included; by default
+    each method has its own deadline (`DEFAULT_TIMEOUTS`: generous for model calls, none for
+    the upload and propagation streams), None removes them. credentials:
     grpc.ssl_channel_credentials(...) for TLS. token: sent as "authorization: Bearer <token>"
-    on every call. retry: how safe calls are retried (see RetryPolicy).
+    on every call. retry: how safe calls are retried (see RetryPolicy). channel: an existing
+    grpc.Channel to use (then target only names it in errors, and close() leaves it open).
+    Behind Envoy, the session routing header is kept and sent automatically.
     Thread-safe; use as a context manager or call close().
     """
 
@@ -224,7 +202,7 @@ class Sam3Client(_SessionContext):
         self,
         target: str = DEFAULT_TARGET,
         *,
-        timeout: float | None = 30.0,
+        timeout: Any = DEFAULT,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
         max_message_bytes: int = 64 * MiB,
@@ -237,30 +215,25 @@ class Sam3Client(_SessionContext):
         self.target = target
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
+        self.routes = _core.Routes()
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        channel_options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            *options,
-        ]
         self._owns_channel = channel is None
         if channel is None:
+            channel_options = _core.channel_options(max_message_bytes, options)
             if credentials is not None:
                 channel = grpc.secure_channel(target, credentials, channel_options)
             else:
                 channel = grpc.insecure_channel(target, channel_options)
         self._channel = channel
-        self._segmentation = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
-        self._video = video_service_pb2_grpc.VideoServiceStub(channel)
-        self._status = status_service_pb2_grpc.StatusServiceStub(channel)
         request_class, response_class = _health.messages()
-        self._health_check = channel.unary_unary(
-            _health.CHECK_METHOD,
-            request_serializer=request_class.SerializeToString,
-            response_deserializer=response_class.FromString,
-        )
+        self._stubs: dict[str, Any] = {
+            "segmentation": segmentation_service_pb2_grpc.SegmentationServiceStub(channel),
+            "video": video_service_pb2_grpc.VideoServiceStub(channel),
+            "status": status_service_pb2_grpc.StatusServiceStub(channel),
+            "health": _health.HealthStub(channel, request_class, response_class),
+        }
         self._closed = False
         self._lock = threading.Lock()
 
@@ -282,43 +255,42 @@ class Sam3Client(_SessionContext):
     def __repr__(self) -> str:
         return f"Sam3Client({self.target!r})"
 
-    def _timeout(self, timeout: Any) -> float | None:
-        return self.timeout if timeout is DEFAULT else timeout
-
-    def _unary(
-        self,
-        method: Callable,
-        request: Any,
-        *,
-        timeout: Any,
-        safe: bool,
-        retry: RetryPolicy | None = None,
-    ) -> Any:
-        """Calls a unary method; safe calls are retried per the retry policy within the
-        call's overall deadline."""
-        timeout = self._timeout(timeout)
-        policy = (retry or self.retry) if safe else None
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _invoke(self, call: Call, timeout: Any, retry: RetryPolicy | None = None) -> Any:
+        """Sends a unary call; safe calls are retried per the retry policy within the call's
+        overall deadline. Returns (result, initial metadata)."""
+        limit = _core.timeout_for(call.method, timeout, self.timeout)
+        policy = (retry or self.retry) if call.safe else None
+        deadline = None if limit is None else time.monotonic() + limit
+        method = getattr(self._stubs[call.stub], call.method)
+        metadata = self.routes.metadata(self._metadata, call.session_id)
         attempt = 1
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                reply, rpc = method.with_call(
+                    call.request, timeout=_core.remaining(deadline), metadata=metadata
+                )
+                return call.convert(reply, self.target), rpc.initial_metadata()
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc, self.target)
-            if (
-                policy is None
-                or attempt >= policy.max_attempts
-                or (error.code not in policy.retryable_codes)
-            ):
+            delay = _core.retry_delay(policy, attempt, error, deadline)
+            if delay is None:
                 raise error
-            delay = policy.delay(attempt, error.retry_after)
-            if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
-                raise error
-            if policy.on_retry is not None:
+            if policy is not None and policy.on_retry is not None:
                 policy.on_retry(attempt, error, delay)
+            assert policy is not None
             policy.sleep(delay)
             attempt += 1
+
+    def _result(self, call: Call, timeout: Any, retry: RetryPolicy | None = None) -> Any:
+        return self._invoke(call, timeout, retry)[0]
+
+    def _session_result(self, call: Call, timeout: Any) -> Session:
+        """A call answered by a Session: its route is remembered (a new session's) or kept."""
+        session, metadata = self._invoke(call, timeout)
+        route = self.routes.remember(session.session_id, metadata) or self.routes.get(
+            session.session_id
+        )
+        return _core.with_route(session, route)
 
     # ----- images --------------------------------------------------------------------------
     def segment_image(
@@ -326,12 +298,7 @@ class Sam3Client(_SessionContext):
         image: Any,
         prompts: str | Prompt | Sequence[str | Prompt],
         *,
-        mask_encoding: str = "rle",
-        include_polygons: bool = False,
-        polygon_tolerance: float = 0.0,
-        score_threshold: float | None = None,
-        min_area: int = 0,
-        max_detections: int = 0,
+        output: OutputOptions | None = None,
         timeout: Any = DEFAULT,
     ) -> SegmentResult:
         """Segments one image with one or more prompts.
@@ -339,33 +306,14 @@ class Sam3Client(_SessionContext):
         image: a local path (its bytes are sent), encoded bytes (JPEG/PNG/...), an RGB uint8
         numpy array (H, W, 3), a PIL image, or ServerPath("rel/path.jpg") for a file inside the
         server's media root. prompts: a str (text), a Prompt, or a list of them.
-        mask_encoding: "rle" (default), "png" or "none".
         """
-        prompt_list = as_prompts(prompts)
-        request = _convert.segment_request(
-            image,
-            prompt_list,
-            mask_encoding=mask_encoding,
-            include_polygons=include_polygons,
-            polygon_tolerance=polygon_tolerance,
-            score_threshold=score_threshold,
-            min_area=min_area,
-            max_detections=max_detections,
-        )
-        response = self._unary(self._segmentation.SegmentImage, request, timeout=timeout, safe=True)
-        return _convert.segment_result_from_proto(response, prompt_list)
+        call = _core.segment_image_call(_core.image_to_proto(image), as_prompts(prompts), output)
+        return self._result(call, timeout)
 
     # ----- video sessions ------------------------------------------------------------------
     def start_session(self, video_path: str | ServerPath, *, timeout: Any = DEFAULT) -> Session:
         """Opens a session on a video already on the server (inside its media root)."""
-        path = video_path.path if isinstance(video_path, ServerPath) else os.fspath(video_path)
-        response = self._unary(
-            self._video.StartSession,
-            video_service_pb2.StartSessionRequest(video_path=path),
-            timeout=timeout,
-            safe=False,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        return self._session_result(_core.start_session_call(video_path), timeout)
 
     def upload_video(
         self,
@@ -374,7 +322,7 @@ class Sam3Client(_SessionContext):
         chunk_size: int = MiB,
         sha256: bool | str = True,
         progress: Callable[[int, int], None] | None = None,
-        timeout: float | None = None,
+        timeout: Any = DEFAULT,
     ) -> Session:
         """Streams a local video file to the server and opens a session on it.
 
@@ -387,15 +335,10 @@ class Sam3Client(_SessionContext):
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         size = os.stat(path).st_size  # FileNotFoundError for a bad path, before any call
-        if sha256 is True:
-            digest = file_sha256(path)
-        elif isinstance(sha256, str):
-            digest = sha256.lower()
-        else:
-            digest = ""
+        digest = _core.file_sha256(path) if sha256 is True else (sha256 or "").lower()
 
         def requests() -> Iterator[video_service_pb2.UploadVideoRequest]:
-            yield _convert.upload_metadata(path, size, digest)
+            yield _core.upload_metadata(path, size, digest)
             sent = 0
             with open(path, "rb") as handle:
                 while sent < size:
@@ -407,11 +350,17 @@ class Sam3Client(_SessionContext):
                     if progress is not None:
                         progress(sent, size)
 
+        limit = _core.timeout_for("UploadVideo", timeout, DEFAULT)
         try:
-            response = self._video.UploadVideo(requests(), timeout=timeout, metadata=self._metadata)
+            reply, rpc = self._stubs["video"].UploadVideo.with_call(
+                requests(), timeout=limit, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
-        return _convert.session_from_proto(response.session, self.target)
+        session = _core.session_from_proto(reply.session, self.target)
+        return _core.with_route(
+            session, self.routes.remember(session.session_id, rpc.initial_metadata())
+        )
 
     def add_prompt(
         self,
@@ -420,48 +369,19 @@ class Sam3Client(_SessionContext):
         prompt: str | Prompt,
         *,
         object_id: int | None = None,
-        mask_encoding: str = "rle",
-        include_polygons: bool = False,
-        polygon_tolerance: float = 0.0,
-        score_threshold: float | None = None,
-        min_area: int = 0,
-        max_detections: int = 0,
+        output: OutputOptions | None = None,
         timeout: Any = DEFAULT,
     ) -> AddPromptResult:
         """Adds a prompt on one frame: new object(s), or with object_id a refinement.
         Returns every object on that frame and the ids this prompt created or refined."""
-        request = _convert.add_prompt_request(
-            session_id,
-            frame_index,
-            as_prompt(prompt),
-            object_id=object_id,
-            mask_encoding=mask_encoding,
-            include_polygons=include_polygons,
-            polygon_tolerance=polygon_tolerance,
-            score_threshold=score_threshold,
-            min_area=min_area,
-            max_detections=max_detections,
-        )
-        response = self._unary(self._video.AddPrompt, request, timeout=timeout, safe=False)
-        return _convert.add_prompt_result_from_proto(response)
+        call = _core.add_prompt_call(session_id, frame_index, prompt, object_id, output)
+        return self._result(call, timeout)
 
     def remove_object(self, session_id: str, object_id: int, *, timeout: Any = DEFAULT) -> Session:
-        response = self._unary(
-            self._video.RemoveObject,
-            video_service_pb2.RemoveObjectRequest(session_id=session_id, object_id=object_id),
-            timeout=timeout,
-            safe=False,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        return self._session_result(_core.remove_object_call(session_id, object_id), timeout)
 
     def reset_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
-        response = self._unary(
-            self._video.ResetSession,
-            video_service_pb2.ResetSessionRequest(session_id=session_id),
-            timeout=timeout,
-            safe=True,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        return self._session_result(_core.reset_session_call(session_id), timeout)
 
     def propagate(
         self,
@@ -470,69 +390,41 @@ class Sam3Client(_SessionContext):
         direction: str = "forward",
         start_frame_index: int | None = None,
         max_frames: int = 0,
-        mask_encoding: str = "rle",
-        include_polygons: bool = False,
-        polygon_tolerance: float = 0.0,
-        score_threshold: float | None = None,
-        min_area: int = 0,
-        max_detections: int = 0,
-        timeout: float | None = None,
+        output: OutputOptions | None = None,
+        timeout: Any = DEFAULT,
     ) -> PropagateStream:
         """Tracks every object through the video; iterate the result for one PropagateFrame
         per processed frame. direction: "forward", "backward" or "both". Breaking out of the
         loop (or close()) cancels the stream; the session stays usable."""
-        request = _convert.propagate_request(
+        request = _core.propagate_request(
             session_id,
             direction=direction,
             start_frame_index=start_frame_index,
             max_frames=max_frames,
-            mask_encoding=mask_encoding,
-            include_polygons=include_polygons,
-            polygon_tolerance=polygon_tolerance,
-            score_threshold=score_threshold,
-            min_area=min_area,
-            max_detections=max_detections,
+            output=output,
         )
-        call = self._video.Propagate(request, timeout=timeout, metadata=self._metadata)
+        call = self._stubs["video"].Propagate(
+            request,
+            timeout=_core.timeout_for("Propagate", timeout, DEFAULT),
+            metadata=self.routes.metadata(self._metadata, session_id),
+        )
         return PropagateStream(call, self.target)
 
     def get_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
-        response = self._unary(
-            self._video.GetSession,
-            video_service_pb2.GetSessionRequest(session_id=session_id),
-            timeout=timeout,
-            safe=True,
-        )
-        return _convert.session_from_proto(response.session, self.target)
+        return self._session_result(_core.get_session_call(session_id), timeout)
 
     def list_sessions(self, *, timeout: Any = DEFAULT) -> list[Session]:
-        response = self._unary(
-            self._video.ListSessions,
-            video_service_pb2.ListSessionsRequest(),
-            timeout=timeout,
-            safe=True,
-        )
-        return [_convert.session_from_proto(s, self.target) for s in response.sessions]
+        return self._result(_core.list_sessions_call(), timeout)
 
     def close_session(self, session_id: str, *, timeout: Any = DEFAULT) -> bool:
         """Closes a session; False when it was already closed (closing twice is fine)."""
-        response = self._unary(
-            self._video.CloseSession,
-            video_service_pb2.CloseSessionRequest(session_id=session_id),
-            timeout=timeout,
-            safe=True,
-        )
-        return response.closed
+        closed = self._result(_core.close_session_call(session_id), timeout)
+        self.routes.forget(session_id)
+        return closed
 
     # ----- server state --------------------------------------------------------------------
     def status(self, *, timeout: Any = DEFAULT) -> ServerStatus:
-        response = self._unary(
-            self._status.GetServerStatus,
-            status_service_pb2.GetServerStatusRequest(),
-            timeout=timeout,
-            safe=True,
-        )
-        return _convert.status_from_proto(response, self.target)
+        return self._result(_core.status_call(), timeout)
 
     def health(
         self, service: str = "", *, timeout: Any = DEFAULT, retry: RetryPolicy | None = None
@@ -540,49 +432,36 @@ class Sam3Client(_SessionContext):
         """Standard grpc.health.v1 check: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or
         "UNKNOWN". service "" is the whole server; a service the server does not know is
         "SERVICE_UNKNOWN"."""
-        from sam3_grpc.client.errors import NotFoundError
-
-        request_class, _ = _health.messages()
         try:
-            response = self._unary(
-                self._health_check,
-                request_class(service=service),
-                timeout=timeout,
-                safe=True,
-                retry=retry,
-            )
+            return self._result(_core.health_call(service), timeout, retry)
         except NotFoundError:  # grpc.health.v1: an unknown service fails with NOT_FOUND
             return "SERVICE_UNKNOWN"
-        return _health.STATUS_NAMES.get(response.status, "UNKNOWN")
 
     def wait_until_serving(
         self, timeout: float = 60.0, *, service: str = "", poll_interval: float = 0.5
     ) -> None:
         """Blocks until health reports SERVING (e.g. while the model loads); raises
         DeadlineExceededError after `timeout` seconds."""
-        from sam3_grpc.client.errors import DeadlineExceededError
-        from sam3_grpc.client.retry import NO_RETRY
-
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
             try:
-                last = self.health(
-                    service, timeout=max(0.1, min(5.0, deadline - time.monotonic())), retry=NO_RETRY
-                )
+                last = self.health(service, timeout=_core.poll_timeout(deadline), retry=NO_RETRY)
                 if last == "SERVING":
                     return
             except Sam3Error as exc:
-                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if not _core.keeps_waiting(exc):
                     raise
                 last = exc.message
             if time.monotonic() + poll_interval >= deadline:
-                raise DeadlineExceededError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"{self.target} not SERVING after {timeout:g} s (last: {last})",
-                    target=self.target,
-                )
+                raise _core.not_serving_error(self.target, timeout, last)
             time.sleep(poll_interval)
 
 
-__all__ = ["DEFAULT", "FrameResult", "PropagateStream", "Sam3Client", "VideoSession", "file_sha256"]
+__all__ = [
+    "DEFAULT",
+    "DeadlineExceededError",
+    "PropagateStream",
+    "Sam3Client",
+    "VideoSession",
+]

@@ -1,8 +1,11 @@
 """Typed exceptions for failed calls, decoded from the server's rich google.rpc.Status.
 
 Every RPC error becomes a `Sam3Error` subclass chosen by status code. It carries the code, the
-server's message and, when the server sent a google.rpc.RetryInfo detail, the delay after which a
-retry may succeed (`retry_after`, seconds).
+server's message, the machine-readable `reason` (google.rpc.ErrorInfo, one of the names of the
+`sam3_grpc.v1.ErrorReason` enum without its prefix, e.g. "QUEUE_FULL") with its `metadata`, the
+`field_violations` of an INVALID_ARGUMENT (google.rpc.BadRequest: (field path, description)
+pairs), and, when the server sent a google.rpc.RetryInfo detail, the delay after which a retry
+may succeed (`retry_after`, seconds). Branch on `reason`, never on the message.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ class Sam3Error(Exception):
         *,
         target: str | None = None,
         from_server: bool = False,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+        field_violations: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -32,6 +38,12 @@ class Sam3Error(Exception):
         # True when the status came from the sam3-grpc servicer (a rich status), False when grpc
         # itself produced it (connection failure, deadline on the wire, unknown method...).
         self.from_server = from_server
+        # Why, machine-readably (google.rpc.ErrorInfo.reason, e.g. "QUEUE_FULL"); None when the
+        # status did not come from a sam3-grpc server.
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        # (field path, description) of each offending request field (google.rpc.BadRequest).
+        self.field_violations = list(field_violations or [])
 
     @property
     def connection_failed(self) -> bool:
@@ -43,28 +55,23 @@ class Sam3Error(Exception):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(code={self.code.name}, message={self.message!r}, "
-            f"retry_after={self.retry_after!r})"
+            f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
+            f"message={self.message!r}, retry_after={self.retry_after!r})"
         )
 
     def __reduce__(self):  # picklable despite the keyword-only arguments
-        return (
-            _rebuild,
-            (
-                type(self),
-                self.code.name,
-                self.message,
-                self.retry_after,
-                self.target,
-                self.from_server,
-            ),
-        )
+        extras = {
+            "target": self.target,
+            "from_server": self.from_server,
+            "reason": self.reason,
+            "metadata": self.metadata,
+            "field_violations": self.field_violations,
+        }
+        return (_rebuild, (type(self), self.code.name, self.message, self.retry_after, extras))
 
 
-def _rebuild(cls, code_name, message, retry_after, target, from_server):
-    return cls(
-        grpc.StatusCode[code_name], message, retry_after, target=target, from_server=from_server
-    )
+def _rebuild(cls, code_name, message, retry_after, extras):
+    return cls(grpc.StatusCode[code_name], message, retry_after, **extras)
 
 
 class CancelledError(Sam3Error):
@@ -144,15 +151,26 @@ def error_class(code: grpc.StatusCode) -> type[Sam3Error]:
     return _BY_CODE.get(code, Sam3Error)
 
 
-def _retry_delay(status) -> float | None:
+def _details(status) -> dict:
+    """The RetryInfo delay, ErrorInfo reason and metadata, and BadRequest violations."""
     from google.rpc import error_details_pb2
 
+    found: dict = {}
     for detail in status.details:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            found["retry_after"] = retry.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
+            found["reason"] = info.reason
+            found["metadata"] = dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found["field_violations"] = [(v.field, v.description) for v in bad.field_violations]
+    return found
 
 
 def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> Sam3Error:
@@ -163,16 +181,19 @@ def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> Sam3Error
     message = (error.details() if hasattr(error, "details") else None) or (
         f"{code.name} (no details given)"
     )
-    retry_after = None
+    details: dict = {}
     from_server = False
     try:
         from grpc_status import rpc_status
 
-        status = rpc_status.from_call(error)
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]  # a failed call is a Call
     except (ImportError, ValueError, AttributeError):  # no or inconsistent rich status
         status = None
     if status is not None:
         from_server = True
         message = status.message or message
-        retry_after = _retry_delay(status)
-    return error_class(code)(code, message, retry_after, target=target, from_server=from_server)
+        details = _details(status)
+    retry_after = details.pop("retry_after", None)
+    return error_class(code)(
+        code, message, retry_after, target=target, from_server=from_server, **details
+    )

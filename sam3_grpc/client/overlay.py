@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -118,3 +119,81 @@ def _draw_label(
         1,
         lineType=cv2.LINE_AA,
     )
+
+
+# ----- files ---------------------------------------------------------------------------------
+def write_image_overlay(data: bytes, result: Any, path: str) -> str:
+    """Writes the overlay PNG; returns a note when it cannot (else "")."""
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # as the server decodes it
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None or image.shape[:2] != (result.height, result.width):
+        return "OpenCV cannot decode the image as the server did; no overlay written"
+    items: list[Item] = []
+    for r in result.results:
+        for d in r:
+            items.append(
+                Item(
+                    d.mask if d.has_mask else None,
+                    d.box,
+                    f"{r.prompt.label} {d.score:.2f}",
+                    len(items),
+                )
+            )
+    drawn = draw(image, items, bgr=True)
+    if not cv2.imwrite(path, drawn):
+        raise OSError(f"cannot write {path}")
+    return ""
+
+
+def write_video_overlay(
+    source: str, path: str, fps: float, labels: dict[int, str], frames: dict[int, list[dict]]
+) -> int:
+    """Re-reads the local video and writes every frame, drawn over where there are results
+    (`frames`: frame index → the objects of the track command's JSON); returns the number of
+    frames written (that of the input)."""
+    from pycocotools import mask as coco_mask
+
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise OSError(f"OpenCV cannot read {source} to draw the overlay video")
+    fps = fps or capture.get(cv2.CAP_PROP_FPS) or 25.0
+    writer = None
+    colour_index = {oid: i for i, oid in enumerate(sorted(labels))}
+    written = 0
+    try:
+        while True:
+            ok, image = capture.read()
+            if not ok:
+                break
+            if writer is None:
+                height, width = image.shape[:2]
+                writer = cv2.VideoWriter(
+                    path, cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height)
+                )
+                if not writer.isOpened():
+                    raise OSError(f"OpenCV cannot write {path} (mp4v codec)")
+            items = []
+            for obj in frames.get(written, ()):
+                segmentation = obj["segmentation"]
+                mask = None
+                if tuple(segmentation["size"]) == image.shape[:2]:
+                    mask = coco_mask.decode(
+                        {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
+                    ).astype(bool)
+                x, y, w, h = obj["bbox"]
+                oid = obj["object_id"]
+                items.append(
+                    Item(
+                        mask,
+                        (x, y, x + w, y + h),
+                        f"{labels.get(oid, '')} #{oid}".strip(),
+                        colour_index.get(oid, oid),
+                    )
+                )
+            writer.write(draw(image, items, bgr=True) if items else image)
+            written += 1
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    return written

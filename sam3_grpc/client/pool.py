@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
-from sam3_grpc.client import _convert
-from sam3_grpc.client.client import DEFAULT, PropagateStream, Sam3Client, _SessionContext
+from sam3_grpc.client import _core
+from sam3_grpc.client._core import DEFAULT, MiB, OutputOptions
+from sam3_grpc.client.client import PropagateStream, Sam3Client, _SessionContext
 from sam3_grpc.client.errors import NotFoundError, Sam3Error
 from sam3_grpc.client.retry import NO_RETRY, RetryPolicy
 from sam3_grpc.client.types import (
@@ -30,7 +31,6 @@ from sam3_grpc.client.types import (
     Session,
     as_prompts,
 )
-from sam3_grpc.v1 import common_pb2
 
 
 class Sam3Pool(_SessionContext):
@@ -133,17 +133,22 @@ class Sam3Pool(_SessionContext):
 
     # ----- images --------------------------------------------------------------------------
     def segment_image(
-        self, image: Any, prompts: str | Prompt | Sequence[str | Prompt], **options: Any
+        self,
+        image: Any,
+        prompts: str | Prompt | Sequence[str | Prompt],
+        *,
+        output: OutputOptions | None = None,
+        timeout: Any = DEFAULT,
     ) -> SegmentResult:
         """Like Sam3Client.segment_image, on the next endpoint in turn."""
-        message = (
-            image if isinstance(image, common_pb2.Image) else _convert.image_to_proto(image)
-        )  # read or encode once
+        message = _core.image_to_proto(image)  # read or encode once
         prompt_list = as_prompts(prompts)
-        return self._spread(lambda c: c.segment_image(message, prompt_list, **options))
+        return self._spread(
+            lambda c: c.segment_image(message, prompt_list, output=output, timeout=timeout)
+        )
 
     # ----- video sessions ------------------------------------------------------------------
-    def start_session(self, video_path: str | ServerPath, **options: Any) -> Session:
+    def start_session(self, video_path: str | ServerPath, *, timeout: Any = DEFAULT) -> Session:
         """Opens a session on the next endpoint; moves on when one has no room
         (RESOURCE_EXHAUSTED) or cannot be reached, since no session was created there."""
 
@@ -151,13 +156,24 @@ class Sam3Pool(_SessionContext):
             return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED or error.connection_failed
 
         return self._remember(
-            self._spread(lambda c: c.start_session(video_path, **options), nothing_created)
+            self._spread(lambda c: c.start_session(video_path, timeout=timeout), nothing_created)
         )
 
-    def upload_video(self, path: str | os.PathLike, **options: Any) -> Session:
+    def upload_video(
+        self,
+        path: str | os.PathLike,
+        *,
+        chunk_size: int = MiB,
+        sha256: bool | str = True,
+        progress: Callable[[int, int], None] | None = None,
+        timeout: Any = DEFAULT,
+    ) -> Session:
         """Uploads to the next endpoint in turn. Never replayed on another endpoint."""
         client = self._rotation()[0]
-        return self._remember(client.upload_video(path, **options))
+        session = client.upload_video(
+            path, chunk_size=chunk_size, sha256=sha256, progress=progress, timeout=timeout
+        )
+        return self._remember(session)
 
     def add_prompt(
         self, session_id: str, frame_index: int, prompt: str | Prompt, **options: Any
@@ -176,12 +192,12 @@ class Sam3Pool(_SessionContext):
     def get_session(self, session_id: str, **options: Any) -> Session:
         return self._owner(session_id).get_session(session_id, **options)
 
-    def close_session(self, session_id: str, **options: Any) -> bool:
+    def close_session(self, session_id: str, *, timeout: Any = DEFAULT) -> bool:
         try:
             client = self._owner(session_id)
         except NotFoundError:
             return False
-        closed = client.close_session(session_id, **options)
+        closed = client.close_session(session_id, timeout=timeout)
         with self._lock:
             self._owners.pop(session_id, None)
         return closed

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -36,7 +37,8 @@ class RetryPolicy:
     jitter: float = 0.2
     max_retry_after: float = 60.0
     retryable_codes: frozenset = RETRYABLE_CODES
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    # May return an awaitable: the asyncio client awaits it.
+    sleep: Callable[[float], Any] = field(default=time.sleep, compare=False, repr=False)
     on_retry: Callable[[int, Exception, float], None] | None = field(
         default=None, compare=False, repr=False
     )

@@ -11,33 +11,13 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from sam3_grpc.domain import Box
 
 # ----- prompts and inputs ----------------------------------------------------------------------
-class Box(NamedTuple):
-    """Pixel box, origin at the top-left corner; x_max and y_max are exclusive edges."""
-
-    x_min: float
-    y_min: float
-    x_max: float
-    y_max: float
-
-    @property
-    def width(self) -> float:
-        return self.x_max - self.x_min
-
-    @property
-    def height(self) -> float:
-        return self.y_max - self.y_min
-
-    def to_xywh(self) -> list[float]:
-        """COCO bbox: [x, y, width, height]."""
-        return [float(self.x_min), float(self.y_min), float(self.width), float(self.height)]
-
-
 BoxLike = Sequence[float]  # (x_min, y_min, x_max, y_max)
 PointLike = Sequence[float]  # (x, y)
 
@@ -177,12 +157,18 @@ class Detection:
         return annotation
 
 
-def decode_png_mask(data: bytes) -> np.ndarray:
-    """Decodes an 8-bit PNG mask with OpenCV, else Pillow (both imported lazily)."""
+def optional_cv2() -> Any:
+    """OpenCV when installed (the `client` extra), else None: callers fall back to Pillow."""
     try:
         import cv2
     except ImportError:
-        cv2 = None
+        return None
+    return cv2
+
+
+def decode_png_mask(data: bytes) -> np.ndarray:
+    """Decodes an 8-bit PNG mask with OpenCV, else Pillow (both imported lazily)."""
+    cv2 = optional_cv2()
     if cv2 is not None:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if image is None:
@@ -326,6 +312,9 @@ class Session:
     propagating: bool = False
     memory_bytes: int = 0
     target: str = ""
+    # Behind Envoy, the routing header value that pins the session to its replica (the client
+    # sends it on every call about the session); None on a direct connection.
+    route: str | None = None
 
 
 @dataclass

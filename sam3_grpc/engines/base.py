@@ -2,7 +2,7 @@
 
 Every method is called from the executor thread that owns the engine's device, never from the
 event loop and never from two threads at once, so engines need no locking of their own. Engines
-never import protobuf modules: they take and return the domain types of `sam3_grpc.types`.
+never import protobuf modules: they take and return the domain types of `sam3_grpc.domain`.
 
 Raise `sam3_grpc.errors.InvalidArgument` (or another `ServiceError`) for a request the engine
 cannot serve; any other exception becomes INTERNAL for that one call.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sam3_grpc.types import (
+from sam3_grpc.domain import (
     Direction,
     EngineInfo,
     FrameOutput,

@@ -35,9 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sam3_grpc.engines.base import Engine
-from sam3_grpc.errors import DataLoss, FailedPrecondition, InvalidArgument
-from sam3_grpc.types import (
+from sam3_grpc.domain import (
     Box,
     EngineInfo,
     FrameOutput,
@@ -48,6 +46,8 @@ from sam3_grpc.types import (
     RawDetection,
     VideoSource,
 )
+from sam3_grpc.engines.base import Engine
+from sam3_grpc.errors import DataLoss, FailedPrecondition, InvalidArgument
 
 # Canonical RGB of every colour the engine knows; draw with these and the masks are exact.
 COLOURS: dict[str, tuple[int, int, int]] = {

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from sam3_grpc.errors import InvalidArgument
+from sam3_grpc.errors import InvalidArgument, Reason
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"})
 
@@ -22,9 +22,9 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise InvalidArgument("image.content is empty: send the encoded image bytes")
+        raise _invalid_image("image.content is empty: send the encoded image bytes")
     if len(data) > max_bytes:
-        raise InvalidArgument(
+        raise _invalid_image(
             f"image is {len(data)} bytes; this server accepts at most {max_bytes} bytes"
         )
     try:
@@ -33,15 +33,15 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.format not in ALLOWED_FORMATS:
-                raise InvalidArgument(
+                raise _invalid_image(
                     f"image format {image.format} is not supported; send JPEG, PNG, WebP, BMP "
                     "or TIFF"
                 )
             width, height = image.size
             if width <= 0 or height <= 0:
-                raise InvalidArgument("image has no pixels")
+                raise _invalid_image("image has no pixels")
             if width * height > max_pixels:
-                raise InvalidArgument(
+                raise _invalid_image(
                     f"image is {width}x{height} = {width * height} pixels; this server accepts "
                     f"at most {max_pixels} pixels: downscale it first"
                 )
@@ -50,16 +50,16 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
         raise
     except Image.DecompressionBombError as exc:
         # Pillow refuses canvases far beyond its own limit while still reading the header.
-        raise InvalidArgument(
+        raise _invalid_image(
             f"image declares a canvas over this server's limit of {max_pixels} pixels: "
             "downscale it first"
         ) from exc
     except UnidentifiedImageError as exc:
-        raise InvalidArgument(
+        raise _invalid_image(
             "image bytes are not a readable JPEG, PNG, WebP, BMP or TIFF image"
         ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidArgument(f"image is truncated or corrupt: {exc}") from exc
+        raise _invalid_image(f"image is truncated or corrupt: {exc}") from exc
 
 
 def _decode_pixels(data: bytes, header) -> np.ndarray:
@@ -82,3 +82,7 @@ def _decode_pixels(data: bytes, header) -> np.ndarray:
 def content_key(data: bytes) -> str:
     """The embedding-cache key of an encoded image: a hash of its bytes."""
     return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def _invalid_image(message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=Reason.INVALID_IMAGE, field="image")

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from sam3_grpc.types import Box
+from sam3_grpc.domain import Box
 
 
 def encode_rle(mask: np.ndarray, box: Box | None = None) -> str:

@@ -11,7 +11,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from sam3_grpc.errors import FailedPrecondition, NotFound
+from sam3_grpc.errors import FailedPrecondition, NotFound, Reason
 
 _NOT_FOUND = (
     "no such file inside the server's media roots: give a path relative to a media "
@@ -29,10 +29,11 @@ def resolve_media_path(user_path: str, roots: Sequence[str], *, allow_dirs: bool
     if not roots:
         raise FailedPrecondition(
             "this server reads no files by path: start it with --media-root DIR (or "
-            "SAM3_GRPC_MEDIA_ROOTS) or send the bytes instead"
+            "SAM3_GRPC_MEDIA_ROOTS) or send the bytes instead",
+            reason=Reason.NO_MEDIA_ROOT,
         )
     if not user_path or "\x00" in user_path:
-        raise NotFound(_NOT_FOUND)
+        raise NotFound(_NOT_FOUND, reason=Reason.MEDIA_NOT_FOUND)
     for root in roots:
         real_root = Path(os.path.realpath(root))
         candidate = Path(os.path.realpath(real_root / user_path))
@@ -44,4 +45,4 @@ def resolve_media_path(user_path: str, roots: Sequence[str], *, allow_dirs: bool
             continue
         if stat.S_ISREG(mode) or (allow_dirs and stat.S_ISDIR(mode)):
             return candidate
-    raise NotFound(_NOT_FOUND)
+    raise NotFound(_NOT_FOUND, reason=Reason.MEDIA_NOT_FOUND)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sam3_grpc.errors import InvalidArgument
-from sam3_grpc.types import VideoInfo, VideoSource
+from sam3_grpc.domain import VideoInfo, VideoSource
+from sam3_grpc.errors import InvalidArgument, Reason
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".flv")
@@ -27,12 +27,12 @@ def list_frame_files(folder: Path) -> list[Path]:
 
 def _check_limits(info: VideoInfo, max_frames: int, max_pixels: int) -> None:
     if info.frame_count > max_frames:
-        raise InvalidArgument(
+        raise _invalid_video(
             f"video has {info.frame_count} frames; this server accepts at most {max_frames}: "
             "cut it into shorter clips"
         )
     if info.width * info.height > max_pixels:
-        raise InvalidArgument(
+        raise _invalid_video(
             f"video frames are {info.width}x{info.height}; this server accepts at most "
             f"{max_pixels} pixels per frame: downscale the video"
         )
@@ -43,14 +43,14 @@ def _probe_folder(folder: Path, max_frames: int, max_pixels: int) -> VideoSource
 
     frames = list_frame_files(folder)
     if not frames:
-        raise InvalidArgument(
+        raise _invalid_video(
             "the directory holds no JPEG frames: give a video file or a folder of .jpg frames"
         )
     try:
         with Image.open(frames[0]) as first:  # header only
             width, height = first.size
     except (OSError, UnidentifiedImageError) as exc:
-        raise InvalidArgument("the first frame of the folder is not a readable JPEG") from exc
+        raise _invalid_video("the first frame of the folder is not a readable JPEG") from exc
     info = VideoInfo(frame_count=len(frames), fps=0.0, width=width, height=height)
     _check_limits(info, max_frames, max_pixels)
     return VideoSource(path=str(folder), info=info, is_frame_folder=True)
@@ -63,7 +63,7 @@ def _probe_file(path: Path, max_frames: int, max_pixels: int) -> VideoSource:
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
         if not capture.isOpened():
-            raise InvalidArgument(
+            raise _invalid_video(
                 "the file is not a readable video (supported: MP4, AVI, MOV, MKV, WEBM with "
                 "codecs OpenCV's FFmpeg can decode); it may be truncated or corrupt"
             )
@@ -72,14 +72,14 @@ def _probe_file(path: Path, max_frames: int, max_pixels: int) -> VideoSource:
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         if width <= 0 or height <= 0:
-            raise InvalidArgument("the video declares no frame size; it may be corrupt")
+            raise _invalid_video("the video declares no frame size; it may be corrupt")
         if declared > 0:
             _check_limits(VideoInfo(declared, fps, width, height), max_frames, max_pixels)
         elif width * height > max_pixels:
             _check_limits(VideoInfo(0, fps, width, height), max_frames, max_pixels)
         ok, frame = capture.read()
         if not ok or frame is None:
-            raise InvalidArgument(
+            raise _invalid_video(
                 "the video's first frame cannot be decoded; the file may be "
                 "truncated or use an unsupported codec"
             )
@@ -114,7 +114,7 @@ def _count_frames(capture, max_frames: int) -> int:
         if count > max_frames:
             break
     if count == 0:
-        raise InvalidArgument("the video has no decodable frames")
+        raise _invalid_video("the video has no decodable frames")
     return count
 
 
@@ -123,3 +123,7 @@ def probe_video(path: Path, *, max_frames: int, max_pixels: int) -> VideoSource:
     if path.is_dir():
         return _probe_folder(path, max_frames, max_pixels)
     return _probe_file(path, max_frames, max_pixels)
+
+
+def _invalid_video(message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=Reason.INVALID_VIDEO)

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sam3_grpc.config import Settings
+from sam3_grpc.domain import ModelKind
 from sam3_grpc.engines.base import Engine
 from sam3_grpc.server.cache import EmbeddingCache
 from sam3_grpc.server.executor import DeviceExecutor
@@ -29,7 +30,6 @@ from sam3_grpc.server.segmentation import SegmentationServicer
 from sam3_grpc.server.sessions import SessionManager
 from sam3_grpc.server.status import StatusServicer
 from sam3_grpc.server.video import VideoServicer
-from sam3_grpc.types import ModelKind
 from sam3_grpc.v1 import (
     segmentation_service_pb2,
     segmentation_service_pb2_grpc,

@@ -27,6 +27,7 @@ from sam3_grpc.engines.base import Engine
 from sam3_grpc.errors import (
     ConfigurationError,
     DeadlineExceeded,
+    Reason,
     ResourceExhausted,
     ServiceError,
     Unavailable,
@@ -118,7 +119,8 @@ class DeviceExecutor:
             self._resolve(
                 job,
                 exc=Unavailable(
-                    "the server is shutting down; retry on another replica or after it restarts"
+                    "the server is shutting down; retry on another replica or after it restarts",
+                    reason=Reason.SHUTTING_DOWN,
                 ),
             )
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -169,15 +171,20 @@ class DeviceExecutor:
     def _enqueue(self, job: _Job) -> None:
         with self._cv:
             if self._stopping:
-                raise Unavailable("the server is shutting down; retry on another replica")
+                raise Unavailable(
+                    "the server is shutting down; retry on another replica",
+                    reason=Reason.SHUTTING_DOWN,
+                )
             if self._wedged:
-                raise Unavailable(self._wedged_message_locked())
+                raise Unavailable(self._wedged_message_locked(), reason=Reason.ENGINE_WEDGED)
             if len(self._queue) >= self.capacity:
                 self._rejected += 1
                 retry_after = self._retry_after_locked()
                 raise ResourceExhausted(
                     f"the server's queue is full ({self.capacity} jobs waiting for the device); "
                     f"retry in about {retry_after:.1f} s or use another replica",
+                    reason=Reason.QUEUE_FULL,
+                    metadata={"capacity": self.capacity},
                     retry_after_s=retry_after,
                 )
             job.enqueued_at = time.monotonic()
@@ -214,7 +221,9 @@ class DeviceExecutor:
         job = _Job(fn, label, None, None, future)
         with self._cv:
             if self._stopping:
-                future.set_exception(Unavailable("the server is shutting down"))
+                future.set_exception(
+                    Unavailable("the server is shutting down", reason=Reason.SHUTTING_DOWN)
+                )
                 return future
             self._internal.append(job)
             self._cv.notify()
@@ -244,7 +253,7 @@ class DeviceExecutor:
             "device job has run for %.0f s: engine wedged, refusing work", self.running_for() or 0
         )
         for job in pending:
-            self._resolve(job, exc=Unavailable(message))
+            self._resolve(job, exc=Unavailable(message, reason=Reason.ENGINE_WEDGED))
         self._notify_depth(0)
 
     def _wedged_message_locked(self) -> str:
@@ -291,7 +300,8 @@ class DeviceExecutor:
                     job,
                     exc=DeadlineExceeded(
                         "the deadline passed while the request waited in the server's queue; it was "
-                        "not run (allow a longer deadline or retry when the server is less busy)"
+                        "not run (allow a longer deadline or retry when the server is less busy)",
+                        reason=Reason.DEADLINE_IN_QUEUE,
                     ),
                 )
                 continue
@@ -314,6 +324,7 @@ class DeviceExecutor:
                     error = ResourceExhausted(
                         "the device ran out of memory for this request; retry later, with a "
                         "smaller image or video, or on another replica",
+                        reason=Reason.DEVICE_OUT_OF_MEMORY,
                         retry_after_s=1.0,
                     )
                 else:
@@ -340,7 +351,10 @@ class DeviceExecutor:
                     job.cpu_pool.submit(self._finish_then_resolve, job, result)
                     continue
                 except RuntimeError as exc:  # the pool is shut down
-                    error = Unavailable("the server is shutting down; retry on another replica")
+                    error = Unavailable(
+                        "the server is shutting down; retry on another replica",
+                        reason=Reason.SHUTTING_DOWN,
+                    )
                     logger.debug("finish stage not scheduled: %s", exc)
             self._resolve(job, result=result, exc=error)
 

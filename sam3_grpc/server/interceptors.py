@@ -26,7 +26,16 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sam3_grpc.errors import InvalidArgument, ServiceError, Unauthenticated, is_out_of_memory
+from sam3_grpc.errors import (
+    ERROR_DOMAIN,
+    Internal,
+    InvalidArgument,
+    Reason,
+    ResourceExhausted,
+    ServiceError,
+    Unauthenticated,
+    is_out_of_memory,
+)
 
 logger = logging.getLogger(__name__)
 call_logger = logging.getLogger("sam3_grpc.calls")
@@ -34,25 +43,53 @@ call_logger = logging.getLogger("sam3_grpc.calls")
 PROBE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
+def as_service_error(exc: BaseException, method: str) -> ServiceError:
+    """The ServiceError a failure is reported as; anything unexpected is logged with an id."""
     if isinstance(exc, ServiceError):
-        code, message, retry_after = exc.code_name, exc.message, exc.retry_after_s
-    elif is_out_of_memory(exc):
-        code, retry_after = "RESOURCE_EXHAUSTED", 1.0
-        message = "the server ran out of memory for this request; retry later or send less"
-    else:
-        error_id = uuid.uuid4().hex[:12]
-        logger.error("internal error %s in %s", error_id, method, exc_info=exc)
-        code, retry_after = "INTERNAL", None
-        message = f"internal server error (error id {error_id}; the server log has details)"
-    details = []
-    if retry_after is not None:
+        return exc
+    if is_out_of_memory(exc):
+        return ResourceExhausted(
+            "the server ran out of memory for this request; retry later or send less",
+            reason=Reason.DEVICE_OUT_OF_MEMORY,
+            retry_after_s=1.0,
+        )
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("internal error %s in %s", error_id, method, exc_info=exc)
+    return Internal(
+        f"internal server error (error id {error_id}; the server log has details)",
+        metadata={"error_id": error_id},
+    )
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
+    """The rich status of a failure: ErrorInfo always, BadRequest for a named field,
+    RetryInfo when a retry may succeed."""
+    error = as_service_error(exc, method)
+    details = [
+        _packed(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        )
+    ]
+    if error.field is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.message
+        )
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+    if error.retry_after_s is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(retry_after * 1e9))
-        packed = any_pb2.Any()
-        packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        details.append(packed)
-    status = status_pb2.Status(code=code_pb2.Code.Value(code), message=message, details=details)
+        delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(
+        code=code_pb2.Code.Value(error.code_name), message=error.message, details=details
+    )
     return rpc_status.to_status(status)
 
 
@@ -115,7 +152,8 @@ def _checked(message: Any) -> Any:
     if isinstance(message, _Malformed):
         raise InvalidArgument(
             "the request bytes are not a valid message of this method's "
-            "request type; check the client uses the sam3_grpc.v1 protos"
+            "request type; check the client uses the sam3_grpc.v1 protos",
+            reason=Reason.MALFORMED_MESSAGE,
         )
     return message
 

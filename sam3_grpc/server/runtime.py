@@ -14,7 +14,7 @@ import grpc
 
 from sam3_grpc.config import Settings
 from sam3_grpc.engines.base import Engine
-from sam3_grpc.errors import Unavailable
+from sam3_grpc.errors import Reason, Unavailable
 from sam3_grpc.server.cache import EmbeddingCache
 from sam3_grpc.server.executor import DeviceExecutor
 from sam3_grpc.server.health import HealthState
@@ -40,11 +40,15 @@ class Runtime:
 
     def require_ready(self) -> None:
         if self.health.shutting_down:
-            raise Unavailable("the server is shutting down; retry on another replica")
+            raise Unavailable(
+                "the server is shutting down; retry on another replica",
+                reason=Reason.SHUTTING_DOWN,
+            )
         if not self.health.ready:
             raise Unavailable(
-                "the model is still loading; retry in a few seconds (watch "
-                "grpc.health.v1 for SERVING)",
+                "the model is still loading; retry in a few seconds, or wait for it with "
+                "`sam3-grpc health --wait 300` (grpc.health.v1 turns SERVING when it is ready)",
+                reason=Reason.MODEL_LOADING,
                 retry_after_s=2.0,
             )
 

@@ -7,7 +7,7 @@ import os
 
 import grpc
 
-from sam3_grpc.errors import InvalidArgument
+from sam3_grpc.errors import InvalidArgument, Reason
 from sam3_grpc.media.images import content_key, decode_image
 from sam3_grpc.media.paths import resolve_media_path
 from sam3_grpc.server import convert
@@ -20,7 +20,10 @@ def read_image_file(path: str, max_bytes: int) -> bytes:
     size = os.stat(path).st_size
     if size > max_bytes:
         raise InvalidArgument(
-            f"image file is {size} bytes; this server accepts at most {max_bytes} bytes"
+            f"image file is {size} bytes; this server accepts at most {max_bytes} bytes",
+            reason=Reason.INVALID_IMAGE,
+            field="image.path",
+            metadata={"limit": max_bytes},
         )
     with open(path, "rb") as handle:
         return handle.read(max_bytes + 1)
@@ -48,7 +51,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         )
         source = request.image.WhichOneof("source")
         if source is None:
-            raise InvalidArgument("image is missing: set image.content (bytes) or image.path")
+            raise InvalidArgument(
+                "image is missing: set image.content (bytes) or image.path", field="image"
+            )
         cache = runtime.cache
 
         def prepare():  # CPU pool: read, decode, check prompts against the image size
@@ -79,9 +84,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         def finish(outcome):  # CPU pool: filter and encode masks
             results, hit, (height, width, _) = outcome
             response = pb.SegmentImageResponse(width=width, height=height, cache_hit=hit)
-            for index, detections in enumerate(results):
+            for index, (prompt, detections) in enumerate(zip(prompts, results, strict=True)):
                 response.results.add(
-                    prompt_index=index, detections=convert.render_detections(detections, spec)
+                    prompt_index=index,
+                    detections=convert.render_detections(detections, spec, prompt),
                 )
             return response
 

@@ -1,31 +1,29 @@
-"""Video sessions: ids, limits, idle expiry, and the upload directory.
+"""Video sessions: ids, owners, limits, idle expiry, and the upload directory.
 
 All bookkeeping happens on the event loop; engine state is created, changed and freed only by
 executor jobs. A session closed while a job of its own is queued is detected by that job (it
 checks `closed` on the executor thread) so freed state is never touched.
+
+Sessions belong to the principal that created them (see `server/principals.py`): another
+principal gets NOT_FOUND for it, exactly as for a session that does not exist, and does not see
+it listed. Without authentication every caller is the same principal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sam3_grpc.errors import FailedPrecondition, NotFound, ResourceExhausted
-from sam3_grpc.types import VideoSource
+from sam3_grpc.domain import VideoSource
+from sam3_grpc.errors import FailedPrecondition, NotFound, Reason, ResourceExhausted
+from sam3_grpc.server.uploads import UploadDirectory
 
 logger = logging.getLogger(__name__)
-
-UPLOAD_PREFIX = "sam3grpc-upload-"
-PRIVATE_DIR_PREFIX = "sam3-grpc-uploads-"
-OWNER_FILE = "owner.pid"
 
 
 @dataclass
@@ -34,6 +32,7 @@ class Session:
     source: VideoSource
     uploaded: bool
     upload_path: Path | None
+    owner: str = ""  # the principal that created it
     state: Any = None
     created_at: float = field(default_factory=time.time)
     last_used_at: float = field(default_factory=time.time)
@@ -61,7 +60,8 @@ class Session:
             except asyncio.TimeoutError:
                 raise FailedPrecondition(
                     f"session {self.session_id} is propagating; cancel that Propagate call or "
-                    "wait for it to finish"
+                    "wait for it to finish",
+                    reason=Reason.SESSION_BUSY,
                 ) from None
 
     def set_propagating(self, value: bool) -> None:
@@ -75,18 +75,9 @@ class Session:
         if self.pending_ops:
             raise FailedPrecondition(
                 f"session {self.session_id} has a prompt change in progress; call Propagate "
-                "after it has returned"
+                "after it has returned",
+                reason=Reason.SESSION_BUSY,
             )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SessionManager:
@@ -95,55 +86,27 @@ class SessionManager:
         self.settings = runtime.settings
         self._sessions: dict[str, Session] = {}
         self._opening = 0  # sessions being created (counted against the limit)
-        self.upload_dir: Path | None = None
-        self._private_upload_dir = False
+        self.uploads = UploadDirectory(self.settings.upload_dir)
         self._reaper: asyncio.Task | None = None
         self.upload_slots = asyncio.Semaphore(self.settings.max_concurrent_uploads)
         self.uploads_in_progress = 0
 
+    @property
+    def upload_dir(self) -> Path | None:
+        """This server's own upload directory (inside --upload-dir)."""
+        return self.uploads.path
+
     # ----- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self.upload_dir = self._prepare_upload_dir()
+        self.uploads.open()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
-
-    def _prepare_upload_dir(self) -> Path:
-        configured = self.settings.upload_dir
-        if configured:
-            directory = Path(configured)
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            for leftover in directory.glob(UPLOAD_PREFIX + "*"):
-                logger.info("removing upload left over by a previous run: %s", leftover.name)
-                leftover.unlink(missing_ok=True)
-            return directory
-        self._private_upload_dir = True
-        tmp_root = Path(tempfile.gettempdir())
-        for stale in tmp_root.glob(PRIVATE_DIR_PREFIX + "*"):
-            try:
-                pid = int((stale / OWNER_FILE).read_text())
-            except (OSError, ValueError):
-                continue
-            if not _pid_alive(pid):
-                logger.info("removing upload directory of a crashed run: %s", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-        directory = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))  # mode 0700
-        (directory / OWNER_FILE).write_text(str(os.getpid()))
-        return directory
-
-    def new_upload_path(self, extension: str) -> Path:
-        assert self.upload_dir is not None
-        return self.upload_dir / f"{UPLOAD_PREFIX}{secrets.token_hex(12)}{extension}"
 
     async def close_all(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
         for session_id in list(self._sessions):
             await self.close(session_id, wait=False)
-        if self.upload_dir is not None:
-            if self._private_upload_dir:
-                shutil.rmtree(self.upload_dir, ignore_errors=True)
-            else:
-                for leftover in self.upload_dir.glob(UPLOAD_PREFIX + "*"):
-                    leftover.unlink(missing_ok=True)
+        self.uploads.close()
 
     # ----- queries ---------------------------------------------------------------------------
     def count(self) -> int:
@@ -152,15 +115,20 @@ class SessionManager:
     def memory_bytes(self) -> int:
         return sum(s.memory_bytes for s in self._sessions.values())
 
-    def list(self) -> list[Session]:
-        return sorted(self._sessions.values(), key=lambda s: s.created_at)
+    def list(self, owner: str) -> list[Session]:
+        """The open sessions of one principal, oldest first."""
+        mine = [s for s in self._sessions.values() if s.owner == owner]
+        return sorted(mine, key=lambda s: s.created_at)
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, owner: str) -> Session:
+        """The session, touched; NOT_FOUND when it does not exist or belongs to another
+        principal (indistinguishable on purpose)."""
         session = self._sessions.get(session_id)
-        if session is None or session.closed:
+        if session is None or session.closed or session.owner != owner:
             raise NotFound(
                 f"no session {session_id!r} on this server: it was closed, expired "
-                "after being idle, or belongs to another replica"
+                "after being idle, or belongs to another replica",
+                reason=Reason.SESSION_NOT_FOUND,
             )
         session.touch()
         return session
@@ -169,21 +137,32 @@ class SessionManager:
         return session.last_used_at + self.settings.session_ttl_s
 
     # ----- opening and closing ---------------------------------------------------------------
-    def reserve(self) -> None:
-        """Claims a session slot before expensive work (an upload); release with `release`."""
+    def check_room(self) -> None:
+        """Fails fast when no session could be opened now (before an upload starts)."""
         if len(self._sessions) + self._opening >= self.settings.max_sessions:
             raise ResourceExhausted(
                 f"this server already holds {self.settings.max_sessions} video sessions; close "
                 "one (CloseSession) or wait for idle ones to expire",
+                reason=Reason.SESSION_LIMIT,
+                metadata={"limit": self.settings.max_sessions},
                 retry_after_s=5.0,
             )
+
+    def reserve(self) -> None:
+        """Claims a session slot for a session being created; release with `release`."""
+        self.check_room()
         self._opening += 1
 
     def release(self) -> None:
         self._opening -= 1
 
     async def open_reserved(
-        self, source: VideoSource, *, upload_path: Path | None, deadline: float | None
+        self,
+        source: VideoSource,
+        *,
+        owner: str,
+        upload_path: Path | None,
+        deadline: float | None,
     ) -> Session:
         """Creates the engine state for a reserved slot. The caller still calls `release`."""
         session = Session(
@@ -191,6 +170,7 @@ class SessionManager:
             source=source,
             uploaded=upload_path is not None,
             upload_path=upload_path,
+            owner=owner,
         )
 
         def start(engine) -> None:
@@ -217,10 +197,12 @@ class SessionManager:
         )
         return session
 
-    async def close(self, session_id: str, *, wait: bool = True) -> bool:
-        session = self._sessions.pop(session_id, None)
-        if session is None:
+    async def close(self, session_id: str, owner: str | None = None, *, wait: bool = True) -> bool:
+        """Closes a session (of `owner`, or any with None); False when there was none."""
+        session = self._sessions.get(session_id)
+        if session is None or (owner is not None and session.owner != owner):
             return False
+        del self._sessions[session_id]
         session.closed = True
         done = self._free_state(session)
         if wait:

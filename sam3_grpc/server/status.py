@@ -8,8 +8,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from sam3_grpc import __version__
+from sam3_grpc.domain import ModelKind
 from sam3_grpc.server.runtime import Runtime
-from sam3_grpc.types import ModelKind
 from sam3_grpc.v1 import status_service_pb2 as pb
 from sam3_grpc.v1 import status_service_pb2_grpc as pb_grpc
 

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sam3_grpc/v1/common.proto\x12\x0csam3_grpc.v1\"A\n\x03\x42ox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"V\n\nLabeledBox\x12\x1e\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x11.sam3_grpc.v1.Box\x12(\n\x05label\x18\x02 \x01(\x0e\x32\x19.sam3_grpc.v1.PromptLabel\"\\\n\x0cLabeledPoint\x12\"\n\x05point\x18\x01 \x01(\x0b\x32\x13.sam3_grpc.v1.Point\x12(\n\x05label\x18\x02 \x01(\x0e\x32\x19.sam3_grpc.v1.PromptLabel\"k\n\x06Prompt\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\'\n\x05\x62oxes\x18\x02 \x03(\x0b\x32\x18.sam3_grpc.v1.LabeledBox\x12*\n\x06points\x18\x03 \x03(\x0b\x32\x1a.sam3_grpc.v1.LabeledPoint\"4\n\x05Image\x12\x11\n\x07\x63ontent\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\xd3\x01\n\rOutputOptions\x12\x31\n\rmask_encoding\x18\x01 \x01(\x0e\x32\x1a.sam3_grpc.v1.MaskEncoding\x12\x18\n\x10include_polygons\x18\x02 \x01(\x08\x12\x19\n\x11polygon_tolerance\x18\x03 \x01(\x02\x12\x1c\n\x0fscore_threshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x08min_area\x18\x05 \x01(\r\x12\x16\n\x0emax_detections\x18\x06 \x01(\rB\x12\n\x10_score_threshold\"R\n\x04Mask\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x14\n\nrle_counts\x18\x03 \x01(\tH\x00\x12\r\n\x03png\x18\x04 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\".\n\x07Polygon\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.sam3_grpc.v1.Point\"\xa6\x01\n\tDetection\x12\x11\n\tobject_id\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1e\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x11.sam3_grpc.v1.Box\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x04\x12 \n\x04mask\x18\x05 \x01(\x0b\x32\x12.sam3_grpc.v1.Mask\x12\'\n\x08polygons\x18\x06 \x03(\x0b\x32\x15.sam3_grpc.v1.Polygon\"L\n\x0b\x46rameResult\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\r\x12(\n\x07objects\x18\x02 \x03(\x0b\x32\x17.sam3_grpc.v1.Detection*a\n\x0bPromptLabel\x12\x1c\n\x18PROMPT_LABEL_UNSPECIFIED\x10\x00\x12\x19\n\x15PROMPT_LABEL_POSITIVE\x10\x01\x12\x19\n\x15PROMPT_LABEL_NEGATIVE\x10\x02*s\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x15\n\x11MASK_ENCODING_RLE\x10\x01\x12\x15\n\x11MASK_ENCODING_PNG\x10\x02\x12\x16\n\x12MASK_ENCODING_NONE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sam3_grpc/v1/common.proto\x12\x0csam3_grpc.v1\"A\n\x03\x42ox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"V\n\nLabeledBox\x12\x1e\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x11.sam3_grpc.v1.Box\x12(\n\x05label\x18\x02 \x01(\x0e\x32\x19.sam3_grpc.v1.PromptLabel\"\\\n\x0cLabeledPoint\x12\"\n\x05point\x18\x01 \x01(\x0b\x32\x13.sam3_grpc.v1.Point\x12(\n\x05label\x18\x02 \x01(\x0e\x32\x19.sam3_grpc.v1.PromptLabel\"k\n\x06Prompt\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\'\n\x05\x62oxes\x18\x02 \x03(\x0b\x32\x18.sam3_grpc.v1.LabeledBox\x12*\n\x06points\x18\x03 \x03(\x0b\x32\x1a.sam3_grpc.v1.LabeledPoint\"4\n\x05Image\x12\x11\n\x07\x63ontent\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\xe1\x01\n\rOutputOptions\x12\x31\n\rmask_encoding\x18\x01 \x01(\x0e\x32\x1a.sam3_grpc.v1.MaskEncoding\x12\x18\n\x10include_polygons\x18\x02 \x01(\x08\x12 \n\x18polygon_tolerance_pixels\x18\x03 \x01(\x02\x12\x1c\n\x0fscore_threshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\x0fmin_area_pixels\x18\x05 \x01(\x05\x12\x16\n\x0emax_detections\x18\x06 \x01(\x05\x42\x12\n\x10_score_threshold\"R\n\x04Mask\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x14\n\nrle_counts\x18\x03 \x01(\tH\x00\x12\r\n\x03png\x18\x04 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\".\n\x07Polygon\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.sam3_grpc.v1.Point\"\xad\x01\n\tDetection\x12\x11\n\tobject_id\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1e\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x11.sam3_grpc.v1.Box\x12\x13\n\x0b\x61rea_pixels\x18\x04 \x01(\x03\x12 \n\x04mask\x18\x05 \x01(\x0b\x32\x12.sam3_grpc.v1.Mask\x12\'\n\x08polygons\x18\x06 \x03(\x0b\x32\x15.sam3_grpc.v1.Polygon\"L\n\x0b\x46rameResult\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x05\x12(\n\x07objects\x18\x02 \x03(\x0b\x32\x17.sam3_grpc.v1.Detection*a\n\x0bPromptLabel\x12\x1c\n\x18PROMPT_LABEL_UNSPECIFIED\x10\x00\x12\x19\n\x15PROMPT_LABEL_POSITIVE\x10\x01\x12\x19\n\x15PROMPT_LABEL_NEGATIVE\x10\x02*s\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x15\n\x11MASK_ENCODING_RLE\x10\x01\x12\x15\n\x11MASK_ENCODING_PNG\x10\x02\x12\x16\n\x12MASK_ENCODING_NONE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sam3_grpc.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROMPTLABEL']._serialized_start=1079
-  _globals['_PROMPTLABEL']._serialized_end=1176
-  _globals['_MASKENCODING']._serialized_start=1178
-  _globals['_MASKENCODING']._serialized_end=1293
+  _globals['_PROMPTLABEL']._serialized_start=1100
+  _globals['_PROMPTLABEL']._serialized_end=1197
+  _globals['_MASKENCODING']._serialized_start=1199
+  _globals['_MASKENCODING']._serialized_end=1314
   _globals['_BOX']._serialized_start=43
   _globals['_BOX']._serialized_end=108
   _globals['_POINT']._serialized_start=110
@@ -48,13 +48,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_start=432
   _globals['_IMAGE']._serialized_end=484
   _globals['_OUTPUTOPTIONS']._serialized_start=487
-  _globals['_OUTPUTOPTIONS']._serialized_end=698
-  _globals['_MASK']._serialized_start=700
-  _globals['_MASK']._serialized_end=782
-  _globals['_POLYGON']._serialized_start=784
-  _globals['_POLYGON']._serialized_end=830
-  _globals['_DETECTION']._serialized_start=833
-  _globals['_DETECTION']._serialized_end=999
-  _globals['_FRAMERESULT']._serialized_start=1001
-  _globals['_FRAMERESULT']._serialized_end=1077
+  _globals['_OUTPUTOPTIONS']._serialized_end=712
+  _globals['_MASK']._serialized_start=714
+  _globals['_MASK']._serialized_end=796
+  _globals['_POLYGON']._serialized_start=798
+  _globals['_POLYGON']._serialized_end=844
+  _globals['_DETECTION']._serialized_start=847
+  _globals['_DETECTION']._serialized_end=1020
+  _globals['_FRAMERESULT']._serialized_start=1022
+  _globals['_FRAMERESULT']._serialized_end=1098
 # @@protoc_insertion_point(module_scope)

@@ -82,20 +82,20 @@ class Image(_message.Message):
     def __init__(self, content: _Optional[bytes] = ..., path: _Optional[str] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("mask_encoding", "include_polygons", "polygon_tolerance", "score_threshold", "min_area", "max_detections")
+    __slots__ = ("mask_encoding", "include_polygons", "polygon_tolerance_pixels", "score_threshold", "min_area_pixels", "max_detections")
     MASK_ENCODING_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_POLYGONS_FIELD_NUMBER: _ClassVar[int]
-    POLYGON_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    POLYGON_TOLERANCE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
-    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    MIN_AREA_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     mask_encoding: MaskEncoding
     include_polygons: bool
-    polygon_tolerance: float
+    polygon_tolerance_pixels: float
     score_threshold: float
-    min_area: int
+    min_area_pixels: int
     max_detections: int
-    def __init__(self, mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., include_polygons: _Optional[bool] = ..., polygon_tolerance: _Optional[float] = ..., score_threshold: _Optional[float] = ..., min_area: _Optional[int] = ..., max_detections: _Optional[int] = ...) -> None: ...
+    def __init__(self, mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., include_polygons: _Optional[bool] = ..., polygon_tolerance_pixels: _Optional[float] = ..., score_threshold: _Optional[float] = ..., min_area_pixels: _Optional[int] = ..., max_detections: _Optional[int] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("width", "height", "rle_counts", "png")
@@ -116,20 +116,20 @@ class Polygon(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
 
 class Detection(_message.Message):
-    __slots__ = ("object_id", "score", "box", "area", "mask", "polygons")
+    __slots__ = ("object_id", "score", "box", "area_pixels", "mask", "polygons")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
-    AREA_FIELD_NUMBER: _ClassVar[int]
+    AREA_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     POLYGONS_FIELD_NUMBER: _ClassVar[int]
     object_id: int
     score: float
     box: Box
-    area: int
+    area_pixels: int
     mask: Mask
     polygons: _containers.RepeatedCompositeFieldContainer[Polygon]
-    def __init__(self, object_id: _Optional[int] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., area: _Optional[int] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ...) -> None: ...
+    def __init__(self, object_id: _Optional[int] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., area_pixels: _Optional[int] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ...) -> None: ...
 
 class FrameResult(_message.Message):
     __slots__ = ("frame_index", "objects")

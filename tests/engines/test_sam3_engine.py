@@ -14,17 +14,7 @@ import psutil
 import pytest
 import torch
 
-from sam3_grpc.engines.base import propagation_plan
-from sam3_grpc.engines.sam3 import Sam3Engine
-from sam3_grpc.engines.sam3.video import HostFrames
-from sam3_grpc.engines.sam3.weights import locate_checkpoint
-from sam3_grpc.errors import (
-    ConfigurationError,
-    FailedPrecondition,
-    InvalidArgument,
-    OutOfRange,
-)
-from sam3_grpc.types import (
+from sam3_grpc.domain import (
     Box,
     Direction,
     LabeledBox,
@@ -33,6 +23,15 @@ from sam3_grpc.types import (
     Prompt,
     VideoInfo,
     VideoSource,
+)
+from sam3_grpc.engines.base import propagation_plan
+from sam3_grpc.engines.sam3 import Sam3Engine
+from sam3_grpc.engines.sam3.video import HostFrames
+from sam3_grpc.engines.sam3.weights import locate_checkpoint
+from sam3_grpc.errors import (
+    ConfigurationError,
+    FailedPrecondition,
+    InvalidArgument,
 )
 
 HEIGHT, WIDTH = 120, 160
@@ -118,7 +117,7 @@ def test_warmup(engine):
 
 def test_imports_stay_light():
     code = (
-        "import sys; import sam3_grpc.engines, sam3_grpc.types; "
+        "import sys; import sam3_grpc.engines, sam3_grpc.domain; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "import sam3_grpc.engines.sam3 as e; "
         "e.Sam3Engine(preset='sam3-tiny', device='cpu'); "
@@ -421,12 +420,12 @@ def test_video_unsupported_requests(engine, frame_folder):
             engine.add_prompt(session, 0, Prompt(text="cat", points=(LabeledPoint(1, 1),)), None)
         with pytest.raises(InvalidArgument):
             engine.add_prompt(session, 0, Prompt(), None)
-        with pytest.raises(OutOfRange):
+        with pytest.raises(InvalidArgument, match="outside"):
             engine.add_prompt(session, FRAMES, Prompt(text="cat"), None)
         engine.add_prompt(session, 0, Prompt(text="cat"), None)
         with pytest.raises(InvalidArgument):
             engine.propagate(session, [0, 2], [])
-        with pytest.raises(OutOfRange):
+        with pytest.raises(InvalidArgument, match="outside"):
             engine.propagate(session, list(range(FRAMES + 1)), [])
     finally:
         engine.close_session(session)

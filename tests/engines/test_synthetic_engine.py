@@ -9,11 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sam3_grpc.engines import synthetic
-from sam3_grpc.engines.base import propagation_plan
-from sam3_grpc.engines.synthetic import COLOURS, SyntheticEngine
-from sam3_grpc.errors import FailedPrecondition, InvalidArgument
-from sam3_grpc.types import (
+from sam3_grpc.domain import (
     Box,
     Direction,
     LabeledBox,
@@ -23,6 +19,10 @@ from sam3_grpc.types import (
     VideoInfo,
     VideoSource,
 )
+from sam3_grpc.engines import synthetic
+from sam3_grpc.engines.base import propagation_plan
+from sam3_grpc.engines.synthetic import COLOURS, SyntheticEngine
+from sam3_grpc.errors import FailedPrecondition, InvalidArgument
 
 H, W = 240, 320
 

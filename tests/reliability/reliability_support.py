@@ -84,7 +84,7 @@ class TaggingEngine(SyntheticEngine):
 
     SegmentImage requests are told apart by the pixel `test_executor.segment_request(seed)` sets
     in the bottom-right corner: (seed % 256, seed // 256 % 256, 7). Propagation steps are
-    recorded per session state (look the state up with `server.server.sessions.get(id).state`),
+    recorded per session state (look the state up with `server.server.sessions.get(id, "").state`),
     together with whether the server still counted the session as propagating when the step
     started: a step of a stream whose call has already been torn down is a step nobody waits for
     (an "orphan"). One orphan per cancelled stream can be a benign race — the job was dequeued

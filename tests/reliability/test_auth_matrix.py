@@ -158,19 +158,25 @@ def test_refused_on_every_call_shape_and_nothing_happens(guarded, credentials):
 
 @pytest.mark.parametrize("credentials", sorted(ACCEPTED))
 def test_accepted_on_every_call_shape(guarded, credentials):
-    server, _engine, sid, data = guarded
+    server, _engine, _sid, data = guarded
     metadata = ACCEPTED[credentials]
     assert server.segmentation.SegmentImage(
         segment_request(2), metadata=metadata, timeout=30
     ).results
     reply = server.video.UploadVideo(upload_requests(data), metadata=metadata, timeout=30)
     assert reply.received_bytes == len(data)
+    own = reply.session.session_id  # sessions belong to the token that opened them
+    server.video.AddPrompt(
+        pb.AddPromptRequest(session_id=own, prompt=common_pb2.Prompt(text="red")),
+        metadata=metadata,
+        timeout=30,
+    )
     frames = list(
-        server.video.Propagate(pb.PropagateRequest(session_id=sid), metadata=metadata, timeout=30)
+        server.video.Propagate(pb.PropagateRequest(session_id=own), metadata=metadata, timeout=30)
     )
     assert len(frames) == 6
     assert server.video.CloseSession(
-        pb.CloseSessionRequest(session_id=reply.session.session_id), metadata=metadata, timeout=10
+        pb.CloseSessionRequest(session_id=own), metadata=metadata, timeout=10
     ).closed
 
 

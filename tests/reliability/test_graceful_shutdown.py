@@ -177,7 +177,8 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
             )
         )
         assert [s for _, n, s in events if n == "health"] == [SERVING]
-        assert len(os.listdir(upload_dir)) == 3  # two sessions' videos + the upload underway
+        # Two sessions' videos + the upload underway, in the server's own directory.
+        assert len(list(upload_dir.glob("sam3-grpc-*/upload-*"))) == 3
         # The short propagation (10 frames, ~0.4 s with the long one interleaved) is in flight
         # and finishes within the grace period.
         short = threading.Thread(target=run_propagate, args=("short", short_sid), daemon=True)

@@ -196,19 +196,19 @@ outputs = st.one_of(
         common_pb2.OutputOptions,
         mask_encoding=st.integers(0, 3),
         include_polygons=st.booleans(),
-        polygon_tolerance=st.floats(0, 100, width=32),
+        polygon_tolerance_pixels=st.floats(0, 100, width=32),
         score_threshold=st.one_of(st.none(), st.floats(0, 1, width=32)),
-        min_area=st.integers(0, 500),
+        min_area_pixels=st.integers(0, 500),
         max_detections=st.integers(0, 100),
     ),
     st.builds(
         common_pb2.OutputOptions,
         mask_encoding=st.integers(-1, 6),
         include_polygons=st.booleans(),
-        polygon_tolerance=st.one_of(st.floats(width=32), st.floats(0, 100, width=32)),
+        polygon_tolerance_pixels=st.one_of(st.floats(width=32), st.floats(0, 100, width=32)),
         score_threshold=st.one_of(st.none(), st.floats(width=32)),
-        min_area=st.integers(0, 2**32 - 1),
-        max_detections=st.one_of(st.integers(0, 120), st.integers(0, 2**32 - 1)),
+        min_area_pixels=st.integers(-(2**31), 2**31 - 1),
+        max_detections=st.one_of(st.integers(-5, 120), st.integers(-(2**31), 2**31 - 1)),
     ),
 )
 
@@ -254,7 +254,7 @@ images = often(
     ),
 )
 session_ids = often(st.none(), st.text(max_size=40))  # None: the example's real session
-frame_indices = often(st.integers(0, 9), st.integers(0, 2**32 - 1))
+frame_indices = often(st.integers(0, 9), st.integers(-(2**31), 2**31 - 1))
 object_ids = often(st.integers(0, 3), st.integers(-(2**31), 2**31 - 1))
 
 
@@ -312,7 +312,7 @@ upload_messages = st.one_of(
                 st.sampled_from(["clip.avi", "x.mp4", "", "../../x.avi", "a.exe", ".avi", "v.MKV"]),
                 st.text(max_size=30),
             ),
-            size_bytes=st.one_of(st.integers(0, 5000), st.integers(0, 2**64 - 1)),
+            size_bytes=st.one_of(st.integers(-5, 5000), st.integers(-(2**63), 2**63 - 1)),
             sha256=st.one_of(
                 st.just(""),
                 st.text(max_size=70),
@@ -376,8 +376,8 @@ def test_upload_video(fuzz, data):
         close_quietly(fuzz, reply.session.session_id)
     # Nothing of a refused upload stays on disk.
     sessions = fuzz.server.sessions
-    on_disk = [p for p in sessions.upload_dir.iterdir() if p.name.startswith("sam3grpc-upload-")]
-    kept = {str(s.upload_path) for s in sessions.list() if s.upload_path is not None}
+    on_disk = [p for p in sessions.upload_dir.iterdir() if p.name.startswith("upload-")]
+    kept = {str(s.upload_path) for s in sessions.list("") if s.upload_path is not None}
     assert {str(p) for p in on_disk} <= kept
 
 

@@ -23,12 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam3_grpc.engines.base import Engine
-from sam3_grpc.engines.sam3 import compat
-from sam3_grpc.engines.sam3.builder import PRESET_REAL, PRESET_TINY, PRESETS, build_video_model
-from sam3_grpc.engines.sam3.image import DEFAULT_SCORE_THRESHOLD, ImagePredictor
-from sam3_grpc.errors import ConfigurationError, FailedPrecondition, InvalidArgument
-from sam3_grpc.types import (
+from sam3_grpc.domain import (
     EngineInfo,
     FrameOutput,
     MemoryUsage,
@@ -37,6 +32,11 @@ from sam3_grpc.types import (
     RawDetection,
     VideoSource,
 )
+from sam3_grpc.engines.base import Engine
+from sam3_grpc.engines.sam3 import compat
+from sam3_grpc.engines.sam3.builder import PRESET_REAL, PRESET_TINY, PRESETS, build_video_model
+from sam3_grpc.engines.sam3.image import DEFAULT_SCORE_THRESHOLD, ImagePredictor
+from sam3_grpc.errors import ConfigurationError, FailedPrecondition, InvalidArgument
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sam3_grpc.domain import Box, LabeledBox, LabeledPoint, Prompt, RawDetection
 from sam3_grpc.errors import InvalidArgument
-from sam3_grpc.types import Box, LabeledBox, LabeledPoint, Prompt, RawDetection
 
 # PCS candidates below this score are never returned (the server's default threshold is 0.5).
 SCORE_FLOOR = 0.05

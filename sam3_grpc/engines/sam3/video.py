@@ -62,9 +62,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sam3_grpc.domain import FrameOutput, Prompt, RawDetection, VideoSource
 from sam3_grpc.engines.sam3.image import mask_box
-from sam3_grpc.errors import FailedPrecondition, InvalidArgument, OutOfRange, ResourceExhausted
-from sam3_grpc.types import FrameOutput, Prompt, RawDetection, VideoSource
+from sam3_grpc.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,10 @@ class VideoRunner:
 
     def _check_frame(self, session: VideoSession, frame_index: int) -> None:
         if not 0 <= frame_index < session.num_frames:
-            raise OutOfRange(f"frame {frame_index} outside the video's {session.num_frames} frames")
+            raise InvalidArgument(
+                f"frame {frame_index} outside the video's {session.num_frames} frames",
+                reason=Reason.FRAME_OUT_OF_RANGE,
+            )
 
     def add_prompt(
         self, session: VideoSession, frame_index: int, prompt: Prompt, object_id: int | None

@@ -1,20 +1,21 @@
-"""Domain types shared by the servicers, the executor and the engines.
+"""The engine-facing domain: what servicers, the executor and the engines exchange.
 
 Engines speak only these types (never protobuf), so they can be driven in-process by benchmarks
-and tests exactly as the server drives them.
+and tests exactly as the server drives them. Needs only numpy: the client shares `Box` from
+here (its own user-facing prompts and results live in `sam3_grpc.client.types`).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 
-@dataclass(frozen=True)
-class Box:
-    """Pixel box, origin top-left, x_max/y_max exclusive."""
+class Box(NamedTuple):
+    """Pixel box, origin at the top-left corner; x_max and y_max are exclusive edges."""
 
     x_min: float
     y_min: float
@@ -28,6 +29,10 @@ class Box:
     @property
     def height(self) -> float:
         return self.y_max - self.y_min
+
+    def to_xywh(self) -> list[float]:
+        """COCO bbox: [x, y, width, height]."""
+        return [float(self.x_min), float(self.y_min), float(self.width), float(self.height)]
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,11 @@ class Prompt:
 
     def is_empty(self) -> bool:
         return not self.text and not self.boxes and not self.points
+
+    def is_click(self) -> bool:
+        """Clicks (points, alone or with a box) select one object; text and exemplar boxes
+        alone are concept prompts that find every matching object."""
+        return bool(self.points)
 
 
 @dataclass

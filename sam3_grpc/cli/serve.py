@@ -1,4 +1,4 @@
-"""The `sam3-grpc` command: `serve` runs the server; the client commands talk to one."""
+"""`sam3-grpc serve`: run the gRPC server."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Any
 
-from sam3_grpc import __version__
-
-EXIT_OK = 0
-EXIT_SERVER_ERROR = 1  # the server (or the model) failed
-EXIT_USAGE = 2  # bad flags or arguments (argparse's own code)
+from sam3_grpc.cli.common import EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE
 
 
-def _add_serve(subparsers) -> None:
+def add_parser(subparsers: Any) -> None:
     from sam3_grpc.config import add_serve_arguments
 
     parser = subparsers.add_parser(
@@ -25,10 +22,10 @@ def _add_serve(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_serve_arguments(parser)
-    parser.set_defaults(handler=_serve)
+    parser.set_defaults(handler=run)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from sam3_grpc.config import settings_from_args
     from sam3_grpc.errors import ConfigurationError
 
@@ -48,26 +45,3 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("sam3_grpc").error("cannot start: %s", exc)
         return EXIT_SERVER_ERROR
     return EXIT_OK
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sam3-grpc", description="gRPC service for Meta's SAM 3 segmentation and tracking."
-    )
-    parser.add_argument("--version", action="version", version=f"sam3-grpc {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_serve(subparsers)
-    from sam3_grpc.client.commands import add_client_commands
-
-    add_client_commands(subparsers)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The `sam3-grpc` command: `serve` runs the server; `segment`, `track`, `status` and `health`
+talk to one. One module per command; `common.py` holds what the client commands share."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sam3_grpc import __version__
+from sam3_grpc.cli.common import EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE
+
+__all__ = ["EXIT_OK", "EXIT_SERVER_ERROR", "EXIT_USAGE", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sam3_grpc.cli import segment, serve, status, track
+
+    parser = argparse.ArgumentParser(
+        prog="sam3-grpc", description="gRPC service for Meta's SAM 3 segmentation and tracking."
+    )
+    parser.add_argument("--version", action="version", version=f"sam3-grpc {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    serve.add_parser(subparsers)
+    segment.add_parser(subparsers)
+    track.add_parser(subparsers)
+    status.add_status_parser(subparsers)
+    status.add_health_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
