@@ -44,6 +44,7 @@ class Settings:
     # Images
     max_image_bytes: int = 48 * MiB
     max_image_pixels: int = 50_000_000
+    max_image_scans: int = 64
     max_prompts: int = 16
     max_detections: int = 100
     max_text_chars: int = 256
@@ -63,6 +64,11 @@ class Settings:
     max_sessions: int = 16
     session_ttl_s: float = 1800.0
     stream_buffer_frames: int = 4
+    max_gop_frames: int = 600
+    frame_window: int = 16
+    prefetch_frames: int = 4
+    memory_budget: int | None = None
+    device_memory_budget: int | None = None
     # Security
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -188,6 +194,12 @@ _FLAGS: tuple[_Flag, ...] = (
         int,
         metavar="PIXELS",
     ),
+    _Flag(
+        "max_image_scans",
+        "Most scans a progressive JPEG may have (each costs a full decoding pass; ordinary "
+        "ones have about ten).",
+        int,
+    ),
     _Flag("max_prompts", "Most prompts in one SegmentImage request.", int),
     _Flag("max_detections", "Most detections returned per prompt or frame.", int),
     _Flag("max_text_chars", "Longest text prompt, in characters.", int),
@@ -246,6 +258,37 @@ _FLAGS: tuple[_Flag, ...] = (
         "session_ttl_s", "Idle seconds after which a session is closed.", float, metavar="SECONDS"
     ),
     _Flag("stream_buffer_frames", "Frames computed ahead of a slow Propagate reader.", int),
+    _Flag(
+        "max_gop_frames",
+        "Most frames between two key frames of a video (random access decodes at most this "
+        "many frames).",
+        int,
+    ),
+    _Flag(
+        "frame_window",
+        "Decoded, model-ready frames a session keeps (its memory does not grow with the "
+        "video's length).",
+        int,
+    ),
+    _Flag(
+        "prefetch_frames",
+        "Frames decoded on the CPU ahead of the device during propagation.",
+        int,
+    ),
+    _Flag(
+        "memory_budget",
+        "Host memory all video sessions together may hold; a session that could exceed it is "
+        "refused with RESOURCE_EXHAUSTED. Default: half of the machine's memory.",
+        _size,
+        metavar="BYTES",
+    ),
+    _Flag(
+        "device_memory_budget",
+        "Device (GPU) memory all video sessions together may hold. Default: 80 %% of the "
+        "device memory free once the model is loaded.",
+        _size,
+        metavar="BYTES",
+    ),
     _Flag("tls_cert", "PEM certificate chain; with --tls-key, serve TLS.", metavar="PATH"),
     _Flag("tls_key", "PEM private key of --tls-cert.", metavar="PATH"),
     _Flag(
@@ -308,7 +351,13 @@ _FLAGS: tuple[_Flag, ...] = (
 )
 
 
+# Flags whose name is not derived from their field: a repeatable flag names one item.
+_FLAG_NAMES = {"media_roots": "media-root"}
+
+
 def _flag_name(name: str) -> str:
+    if name in _FLAG_NAMES:
+        return _FLAG_NAMES[name]
     # Duration fields read better on the command line without their unit suffix.
     for suffix in ("_s", "_ms"):
         if name.endswith(suffix) and name != "synthetic_latency_ms":
@@ -370,6 +419,9 @@ def validate(settings: Settings) -> None:
         "max_detections",
         "max_image_bytes",
         "max_image_pixels",
+        "max_image_scans",
+        "max_gop_frames",
+        "frame_window",
         "max_receive_message_bytes",
         "max_send_message_bytes",
         "max_upload_bytes",

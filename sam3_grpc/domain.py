@@ -101,12 +101,12 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
-class VideoSource:
-    """A probed video on local disk: a container file or a folder of JPEG frames."""
+class SessionBudget:
+    """The most memory one video session can hold: on the host (frames and host-side state)
+    and on the device (model state; 0 when the device is the CPU, where all is host memory)."""
 
-    path: str
-    info: VideoInfo
-    is_frame_folder: bool = False
+    host_bytes: int
+    device_bytes: int = 0
 
 
 class ModelKind(enum.Enum):

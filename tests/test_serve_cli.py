@@ -31,7 +31,7 @@ def test_flags_and_environment(monkeypatch, tmp_path):
     env = {
         "SAM3_GRPC_QUEUE_SIZE": "7",
         "SAM3_GRPC_MODEL": "synthetic",
-        "SAM3_GRPC_MEDIA_ROOTS": os.pathsep.join([str(tmp_path), "/srv"]),
+        "SAM3_GRPC_MEDIA_ROOT": os.pathsep.join([str(tmp_path), "/srv"]),
         "SAM3_GRPC_MAX_UPLOAD_BYTES": "1G",
         "SAM3_GRPC_SESSION_TTL": "60",
     }

@@ -554,7 +554,7 @@ def test_media_root_path_traversal_table(start_server, tmp_path, clip):
     with pytest.raises(grpc.RpcError) as caught:
         video.StartSession(pb.StartSessionRequest(video_path="empty_dir"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "no JPEG frames" in caught.value.details()
+    assert "no frame images" in caught.value.details()
 
 
 def test_start_session_without_media_root(start_server):
@@ -573,7 +573,7 @@ def test_video_limits_from_the_probe(start_server, tmp_path, clip):
     with pytest.raises(grpc.RpcError) as caught:
         server.video.StartSession(pb.StartSessionRequest(video_path="clip.avi"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "12 frames" in caught.value.details() and "at most 5" in caught.value.details()
+    assert "more than 5 frames" in caught.value.details()
     server = start_server(SyntheticEngine(), media_roots=(str(root),), max_video_pixels=10_000)
     with pytest.raises(grpc.RpcError) as caught:
         server.video.StartSession(pb.StartSessionRequest(video_path="clip.avi"))

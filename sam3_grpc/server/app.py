@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from sam3_grpc.config import Settings
 from sam3_grpc.domain import ModelKind
 from sam3_grpc.engines.base import Engine
+from sam3_grpc.server.budget import MemoryBudget, default_host_budget
 from sam3_grpc.server.cache import EmbeddingCache
 from sam3_grpc.server.executor import DeviceExecutor
 from sam3_grpc.server.health import HealthState
@@ -125,6 +126,7 @@ class Sam3Server:
         started = time.monotonic()
         await asyncio.wrap_future(self.executor.run_soon(lambda e: e.warmup(), label="warmup"))
         runtime.warmup_s = time.monotonic() - started
+        self.sessions.budget = await runtime.on_cpu(memory_budget, self.settings, engine)
         info = engine.info
         logger.info(
             "model %s (%s) on %s ready: load %.1f s, warm-up %.1f s, weights: %s",
@@ -174,6 +176,19 @@ class Sam3Server:
             if health.wedged != self.executor.wedged:
                 health.wedged = self.executor.wedged
                 await health.publish()
+
+
+def memory_budget(settings: Settings, engine: Engine) -> MemoryBudget:
+    """The sessions' budget: the flags, else half the host's memory and 80 % of the device
+    memory the loaded model left free (no device budget on a CPU: all memory is host memory)."""
+    import psutil
+
+    host = settings.memory_budget or default_host_budget(psutil.virtual_memory().total)
+    device = settings.device_memory_budget
+    if device is None and engine.info.device.startswith("cuda"):
+        memory = engine.memory()
+        device = int(0.8 * max(0, memory.total_bytes - memory.used_bytes))
+    return MemoryBudget(host, device)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

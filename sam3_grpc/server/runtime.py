@@ -57,6 +57,16 @@ class Runtime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.cpu_pool, functools.partial(fn, *args, **kwargs))
 
+    async def on_cpu_owned(self, fn: Callable[[], T]) -> T:
+        """Like on_cpu, for work that returns something to close (an open video): when the
+        caller goes away before it finishes, the result is closed once it exists."""
+        future = self.cpu_pool.submit(fn)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_close_result)
+            raise
+
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline as a time.monotonic() instant (None when the client set none)."""
@@ -64,3 +74,8 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     if remaining is None:
         return None
     return time.monotonic() + remaining
+
+
+def _close_result(future: concurrent.futures.Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

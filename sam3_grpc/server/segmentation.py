@@ -3,41 +3,39 @@ the device thread, mask encoding on the CPU pool."""
 
 from __future__ import annotations
 
-import os
-
 import grpc
 
-from sam3_grpc.errors import InvalidArgument, Reason
-from sam3_grpc.media.images import content_key, decode_image
-from sam3_grpc.media.paths import resolve_media_path
+from sam3_grpc.errors import InvalidArgument
+from sam3_grpc.media.images import ImageLimits, content_key, decode_image, invalid_image
+from sam3_grpc.media.paths import open_media
 from sam3_grpc.server import convert
 from sam3_grpc.server.runtime import Runtime, deadline_of
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
 
 
-def read_image_file(path: str, max_bytes: int) -> bytes:
-    size = os.stat(path).st_size
-    if size > max_bytes:
-        raise InvalidArgument(
-            f"image file is {size} bytes; this server accepts at most {max_bytes} bytes",
-            reason=Reason.INVALID_IMAGE,
-            field="image.path",
-            metadata={"limit": max_bytes},
-        )
-    with open(path, "rb") as handle:
-        return handle.read(max_bytes + 1)
-
-
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        settings = runtime.settings
+        self.limits = ImageLimits(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_scans=settings.max_image_scans,
+        )
 
     def _read_path(self, path: str) -> bytes:
-        settings = self.runtime.settings
-        return read_image_file(
-            str(resolve_media_path(path, settings.media_roots)), settings.max_image_bytes
-        )
+        """The bytes of a media-root file: opened once, checked, read through that handle."""
+        with open_media(path, self.runtime.settings.media_roots) as handle:
+            size = handle.size()
+            if size > self.limits.max_bytes:
+                raise invalid_image(
+                    f"image file is {size} bytes; this server accepts at most "
+                    f"{self.limits.max_bytes} bytes",
+                    "image.path",
+                    limit=self.limits.max_bytes,
+                )
+            return handle.read(self.limits.max_bytes)
 
     async def SegmentImage(
         self, request: pb.SegmentImageRequest, context: grpc.aio.ServicerContext
@@ -62,9 +60,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 if source == "content"
                 else self._read_path(request.image.path)
             )
-            image = decode_image(
-                data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-            )
+            image = decode_image(data, self.limits, field=f"image.{source}")
             height, width = image.shape[:2]
             fitted = [
                 convert.fit_prompt_to_image(p, width, height, f"prompts[{i}]")

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sam3_grpc.domain import VideoSource
+from sam3_grpc.domain import SessionBudget, VideoInfo
 from sam3_grpc.errors import FailedPrecondition, NotFound, Reason, ResourceExhausted
+from sam3_grpc.media.frames import FrameWindow
+from sam3_grpc.server.budget import MemoryBudget
 from sam3_grpc.server.uploads import UploadDirectory
 
 logger = logging.getLogger(__name__)
@@ -29,9 +31,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Session:
     session_id: str
-    source: VideoSource
+    frames: FrameWindow
     uploaded: bool
     upload_path: Path | None
+    budget: SessionBudget
     owner: str = ""  # the principal that created it
     state: Any = None
     created_at: float = field(default_factory=time.time)
@@ -46,6 +49,10 @@ class Session:
 
     def __post_init__(self) -> None:
         self._idle.set()
+
+    @property
+    def info(self) -> VideoInfo:
+        return self.frames.info
 
     def touch(self) -> None:
         self.last_used_at = time.time()
@@ -87,6 +94,8 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._opening = 0  # sessions being created (counted against the limit)
         self.uploads = UploadDirectory(self.settings.upload_dir)
+        # Limits are set once the engine is loaded (device memory is known then): start_budget.
+        self.budget = MemoryBudget(None, None)
         self._reaper: asyncio.Task | None = None
         self.upload_slots = asyncio.Semaphore(self.settings.max_concurrent_uploads)
         self.uploads_in_progress = 0
@@ -158,24 +167,33 @@ class SessionManager:
 
     async def open_reserved(
         self,
-        source: VideoSource,
+        frames: FrameWindow,
         *,
         owner: str,
         upload_path: Path | None,
         deadline: float | None,
     ) -> Session:
-        """Creates the engine state for a reserved slot. The caller still calls `release`."""
+        """Creates the engine state for a reserved slot, within the memory budget. Takes the
+        frames (closed on failure); the caller still calls `release`."""
+        engine = self.runtime.engine
+        try:
+            budget = engine.session_budget(frames.info, frames.capacity)
+            self.budget.reserve(budget)
+        except BaseException:
+            frames.close()
+            raise
         session = Session(
             session_id=secrets.token_urlsafe(16),
-            source=source,
+            frames=frames,
             uploaded=upload_path is not None,
             upload_path=upload_path,
+            budget=budget,
             owner=owner,
         )
 
         def start(engine) -> None:
             # Stored on the device thread, so a cleanup queued behind this job sees it.
-            session.state = engine.start_session(source)
+            session.state = engine.start_session(frames)
             session.memory_bytes = engine.session_nbytes(session.state)
 
         try:
@@ -187,12 +205,13 @@ class SessionManager:
             self._free_state(session)
             raise
         self._sessions[session.session_id] = session
+        info = frames.info
         logger.info(
             "session %s opened: %d frames %dx%d%s",
             session.session_id,
-            source.info.frame_count,
-            source.info.width,
-            source.info.height,
+            info.frame_count,
+            info.width,
+            info.height,
             " (uploaded)" if session.uploaded else "",
         )
         return session
@@ -216,15 +235,23 @@ class SessionManager:
         return True
 
     def _free_state(self, session: Session):
-        """Queues the release of a session's engine state. An internal job: it runs even when
-        the queue is full, cannot be abandoned, and runs after any job already running."""
+        """Queues the release of a session's engine state and frames, and of its memory
+        reservation. An internal job: it runs even when the queue is full, cannot be abandoned,
+        and runs after any job already running."""
 
         def free(engine) -> None:
-            if session.state is not None:
-                engine.close_session(session.state)
-                session.state = None
+            try:
+                if session.state is not None:
+                    engine.close_session(session.state)
+                    session.state = None
+            finally:
+                session.frames.close()
 
-        return self.runtime.executor.run_soon(free, label="CloseSession")
+        done = self.runtime.executor.run_soon(free, label="CloseSession")
+        if done.done() and done.exception() is not None:  # the executor has stopped
+            session.frames.close()
+        self.budget.release(session.budget)
+        return done
 
     async def _reap_forever(self) -> None:
         interval = max(0.05, min(30.0, self.settings.session_ttl_s / 4))

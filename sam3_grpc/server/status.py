@@ -55,6 +55,7 @@ class StatusServicer(pb_grpc.StatusServiceServicer):
             ),
             active_sessions=sessions.count() if sessions else 0,
             session_memory_bytes=sessions.memory_bytes() if sessions else 0,
+            session_memory_budget=_budget(sessions.budget) if sessions else None,
             memory=pb.DeviceMemory(used_bytes=memory.used_bytes, total_bytes=memory.total_bytes),
             uptime=_duration(time.time() - runtime.started_at),
             version=__version__,
@@ -69,3 +70,12 @@ class StatusServicer(pb_grpc.StatusServiceServicer):
             warmup_duration=_duration(runtime.warmup_s),
             weights_source=info.weights_source,
         )
+
+
+def _budget(budget) -> pb.SessionMemoryBudget:
+    return pb.SessionMemoryBudget(
+        host_budget_bytes=budget.host_limit or 0,
+        host_reserved_bytes=budget.host_reserved,
+        device_budget_bytes=budget.device_limit or 0,
+        device_reserved_bytes=budget.device_reserved,
+    )

@@ -44,7 +44,7 @@ from sam3_grpc.errors import (
     Reason,
     ResourceExhausted,
 )
-from sam3_grpc.media.video import VIDEO_EXTENSIONS
+from sam3_grpc.media.frames import VIDEO_EXTENSIONS
 from sam3_grpc.v1 import video_service_pb2 as pb
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from sam3_grpc.domain import Direction, VideoSource
+from sam3_grpc.domain import Direction
 from sam3_grpc.engines.base import propagation_plan
 from sam3_grpc.errors import (
     FailedPrecondition,
@@ -25,8 +25,8 @@ from sam3_grpc.errors import (
     Reason,
     ResourceExhausted,
 )
-from sam3_grpc.media.paths import resolve_media_path
-from sam3_grpc.media.video import probe_video
+from sam3_grpc.media.frames import FrameLimits, FrameWindow, open_frames
+from sam3_grpc.media.paths import MediaHandle, open_media
 from sam3_grpc.server import convert
 from sam3_grpc.server.principals import principal_of
 from sam3_grpc.server.runtime import Runtime, deadline_of
@@ -44,7 +44,7 @@ _END = object()  # a propagation generator that is exhausted
 def session_to_proto(session: Session, expire_time: float) -> pb.Session:
     return pb.Session(
         session_id=session.session_id,
-        video=convert.video_info_to_proto(session.source.info),
+        video=convert.video_info_to_proto(session.info),
         uploaded=session.uploaded,
         object_ids=session.object_ids,
         create_time=convert.timestamp(session.created_at),
@@ -127,21 +127,36 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         # Tracked objects are kept whatever their score unless the caller sets a threshold.
         return convert.output_from_proto(options, self.runtime.settings, concept_threshold=0.0)
 
-    def _probe(self, path: Path) -> VideoSource:
+    def _open_window(self, video: MediaHandle | str) -> FrameWindow:
+        """The probe, on a CPU-pool thread: opens the video within the limits."""
         settings = self.runtime.settings
-        return probe_video(
-            path, max_frames=settings.max_frames, max_pixels=settings.max_video_pixels
+        limits = FrameLimits(
+            max_frames=settings.max_frames,
+            max_pixels=settings.max_video_pixels,
+            max_gop_frames=settings.max_gop_frames,
+            max_frame_file_bytes=settings.max_image_bytes,
         )
+        source = open_frames(video, limits)
+        return FrameWindow(source, self.runtime.engine.frame_preparer(), settings.frame_window)
 
-    async def _open(self, path: Path, upload: bool, context) -> Session:
-        """Probes a video and creates its session in a reserved slot."""
+    async def _open(self, video: str | Path, context) -> Session:
+        """Probes a video (a media-root path, or an upload's file) and creates its session in a
+        reserved slot."""
+        upload = video if isinstance(video, Path) else None
+
+        def probe() -> FrameWindow:
+            if upload is not None:
+                return self._open_window(str(upload))
+            roots = self.runtime.settings.media_roots
+            return self._open_window(open_media(str(video), roots, allow_dirs=True))
+
         self.sessions.reserve()
         try:
-            source = await self.runtime.on_cpu(self._probe, path)
+            frames = await self.runtime.on_cpu_owned(probe)
             return await self.sessions.open_reserved(
-                source,
+                frames,
                 owner=self._principal(context),
-                upload_path=path if upload else None,
+                upload_path=upload,
                 deadline=deadline_of(context),
             )
         finally:
@@ -152,10 +167,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         self, request: pb.StartSessionRequest, context
     ) -> pb.StartSessionResponse:
         self.runtime.require_ready()
-        path = resolve_media_path(
-            request.video_path, self.runtime.settings.media_roots, allow_dirs=True
-        )
-        session = await self._open(path, False, context)
+        session = await self._open(request.video_path, context)
         return pb.StartSessionResponse(session=self._to_proto(session))
 
     async def UploadVideo(
@@ -182,7 +194,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
             finally:
                 self.sessions.uploads_in_progress -= 1
         try:
-            session = await self._open(upload.path, True, context)
+            session = await self._open(upload.path, context)
         except BaseException:
             upload.path.unlink(missing_ok=True)
             raise
@@ -193,7 +205,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         self.runtime.require_ready()
         session = self._session(request.session_id, context)
         await session.require_idle()
-        info = session.source.info
+        info = session.info
         check_frame(request.frame_index, info.frame_count, "frame_index")
         if not request.HasField("prompt"):
             raise InvalidArgument("prompt is missing: give text, boxes or points", field="prompt")
@@ -203,6 +215,8 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         if object_id is not None and object_id not in session.object_ids:
             raise _unknown_object(object_id, session, "object_id")
         spec = self._video_output(request.output)
+        # Decode (and prepare) the frame here, so the device job is model work only.
+        await self.runtime.on_cpu(session.frames.get, request.frame_index)
         frame, affected = await self._run_on_session(
             session,
             lambda engine, state: engine.add_prompt(state, request.frame_index, prompt, object_id),
@@ -242,7 +256,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
     # ----- propagation -----------------------------------------------------------------------
     def _plan(self, session: Session, request: pb.PropagateRequest):
         direction = convert.direction_from_proto(request.direction)
-        frame_count = session.source.info.frame_count
+        frame_count = session.info.frame_count
         max_frames = convert.non_negative(request.max_frames, "max_frames")
         if request.HasField("start_frame_index"):
             start = check_frame(request.start_frame_index, frame_count, "start_frame_index")
@@ -286,9 +300,18 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 # A text prompt's objects appear during propagation: keep the view current.
                 refresh_view(session, engine)
 
+        plan = [*forward, *backward]
+        ahead = runtime.settings.prefetch_frames
+
         async def produce() -> None:
+            prefetching: asyncio.Future | None = None
             try:
-                for _ in range(total):
+                for index in range(total):
+                    # Decode the coming frames on the CPU pool while the device works.
+                    if prefetching is None or prefetching.done():
+                        prefetching = asyncio.ensure_future(
+                            runtime.on_cpu(session.frames.prefetch, plan[index : index + ahead + 1])
+                        )
                     frame = await runtime.executor.submit(
                         step, deadline=deadline, label="Propagate"
                     )
@@ -303,6 +326,9 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 raise
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 await frames.put(exc)
+            finally:
+                if prefetching is not None and not prefetching.done():
+                    prefetching.cancel()  # a prefetch already running finishes its frame
 
         def finish(engine):
             # On the device thread, so the engine tidies its state before the next job.

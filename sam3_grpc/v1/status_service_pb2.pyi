@@ -48,6 +48,18 @@ class DeviceMemory(_message.Message):
     total_bytes: int
     def __init__(self, used_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
+class SessionMemoryBudget(_message.Message):
+    __slots__ = ("host_budget_bytes", "host_reserved_bytes", "device_budget_bytes", "device_reserved_bytes")
+    HOST_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOST_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    host_budget_bytes: int
+    host_reserved_bytes: int
+    device_budget_bytes: int
+    device_reserved_bytes: int
+    def __init__(self, host_budget_bytes: _Optional[int] = ..., host_reserved_bytes: _Optional[int] = ..., device_budget_bytes: _Optional[int] = ..., device_reserved_bytes: _Optional[int] = ...) -> None: ...
+
 class CacheStatus(_message.Message):
     __slots__ = ("entries", "capacity", "hits", "misses", "bytes")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -63,7 +75,7 @@ class CacheStatus(_message.Message):
     def __init__(self, entries: _Optional[int] = ..., capacity: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class GetServerStatusResponse(_message.Message):
-    __slots__ = ("model_name", "model_kind", "device", "ready", "queue", "active_sessions", "memory", "uptime", "version", "cache", "load_duration", "warmup_duration", "weights_source", "session_memory_bytes")
+    __slots__ = ("model_name", "model_kind", "device", "ready", "queue", "active_sessions", "memory", "uptime", "version", "cache", "load_duration", "warmup_duration", "weights_source", "session_memory_bytes", "session_memory_budget")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +90,7 @@ class GetServerStatusResponse(_message.Message):
     WARMUP_DURATION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     SESSION_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_MEMORY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_kind: ModelKind
     device: str
@@ -92,4 +105,5 @@ class GetServerStatusResponse(_message.Message):
     warmup_duration: _duration_pb2.Duration
     weights_source: str
     session_memory_bytes: int
-    def __init__(self, model_name: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., device: _Optional[str] = ..., ready: _Optional[bool] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., active_sessions: _Optional[int] = ..., memory: _Optional[_Union[DeviceMemory, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., version: _Optional[str] = ..., cache: _Optional[_Union[CacheStatus, _Mapping]] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weights_source: _Optional[str] = ..., session_memory_bytes: _Optional[int] = ...) -> None: ...
+    session_memory_budget: SessionMemoryBudget
+    def __init__(self, model_name: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., device: _Optional[str] = ..., ready: _Optional[bool] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., active_sessions: _Optional[int] = ..., memory: _Optional[_Union[DeviceMemory, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., version: _Optional[str] = ..., cache: _Optional[_Union[CacheStatus, _Mapping]] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weights_source: _Optional[str] = ..., session_memory_bytes: _Optional[int] = ..., session_memory_budget: _Optional[_Union[SessionMemoryBudget, _Mapping]] = ...) -> None: ...

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+import sam3_grpc.engines.synthetic.engine as synthetic_engine
 from sam3_grpc.domain import (
     Box,
     Direction,
@@ -16,13 +17,11 @@ from sam3_grpc.domain import (
     LabeledPoint,
     ModelKind,
     Prompt,
-    VideoInfo,
-    VideoSource,
 )
-from sam3_grpc.engines import synthetic
 from sam3_grpc.engines.base import propagation_plan
 from sam3_grpc.engines.synthetic import COLOURS, SyntheticEngine
 from sam3_grpc.errors import FailedPrecondition, InvalidArgument
+from sam3_grpc.media.frames import open_window
 
 H, W = 240, 320
 
@@ -303,16 +302,15 @@ def clip_frame(i: int, masks_of=clip_masks, colour_of=COLOUR_OF) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
 
 
-def write_clip(tmp_path, kind: str, n=N, masks_of=clip_masks, colour_of=COLOUR_OF) -> VideoSource:
+def write_clip(tmp_path, kind: str, n=N, masks_of=clip_masks, colour_of=COLOUR_OF) -> str:
     """A clip as a folder of JPEGs ("jpeg"), an MP4 ("mp4") or a lossless AVI ("ffv1")."""
-    info = VideoInfo(frame_count=n, fps=10.0, width=W, height=H)
     frames = [clip_frame(i, masks_of, colour_of) for i in range(n)]
     if kind == "jpeg":
         folder = tmp_path / "frames"
         folder.mkdir()
         for i, frame in enumerate(frames):  # unpadded names: the order must still be numeric
             cv2.imwrite(str(folder / f"{i}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        return VideoSource(str(folder), info, is_frame_folder=True)
+        return str(folder)
     fourcc, name = {"ffv1": ("FFV1", "clip.avi"), "mp4": ("mp4v", "clip.mp4")}[kind]
     path = str(tmp_path / name)
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), 10.0, (W, H))
@@ -320,7 +318,12 @@ def write_clip(tmp_path, kind: str, n=N, masks_of=clip_masks, colour_of=COLOUR_O
     for frame in frames:
         writer.write(frame)
     writer.release()
-    return VideoSource(path, info)
+    return path
+
+
+def start(engine: SyntheticEngine, path: str):
+    """A session on a local clip, its frames read through a window as the server does."""
+    return engine.start_session(open_window(path, engine.frame_preparer()))
 
 
 def prompt_clip(engine, session, frame_index: int = 0):
@@ -354,7 +357,7 @@ def check_frame(output, exact: bool, masks_of=clip_masks):
 @pytest.mark.parametrize("kind", ["ffv1", "jpeg", "mp4"])
 def test_tracks_every_disc_forward_and_backward(engine, tmp_path, kind):
     exact = kind == "ffv1"  # lossless
-    session = engine.start_session(write_clip(tmp_path, kind))
+    session = start(engine, write_clip(tmp_path, kind))
     check_frame(prompt_clip(engine, session), exact)
     assert engine.object_ids(session) == [1, 2, 3, 4]
     assert engine.prompted_frames(session) == [0]
@@ -389,8 +392,7 @@ HARD_COLOURS = {1: "red", 2: "red", 3: "yellow", 4: "magenta", 5: "cyan"}
 
 def test_tracking_through_crossings_growth_jumps_and_exits(engine, tmp_path):
     n = 16
-    source = write_clip(tmp_path, "ffv1", n, hard_masks, HARD_COLOURS)
-    session = engine.start_session(source)
+    session = start(engine, write_clip(tmp_path, "ffv1", n, hard_masks, HARD_COLOURS))
     assert engine.add_prompt(session, 0, Prompt(text="red"), None)[1] == [1, 2]
     for colour in ("yellow", "magenta", "cyan"):
         engine.add_prompt(session, 0, Prompt(text=colour), None)
@@ -404,7 +406,7 @@ def test_tracking_through_crossings_growth_jumps_and_exits(engine, tmp_path):
 
 
 def test_prompt_mid_clip_and_propagate_both_ways(engine, tmp_path):
-    session = engine.start_session(write_clip(tmp_path, "ffv1"))
+    session = start(engine, write_clip(tmp_path, "ffv1"))
     prompt_clip(engine, session, frame_index=12)
     forward, backward = propagation_plan(N, Direction.BOTH, 12)
     outputs = list(engine.propagate(session, forward, backward))
@@ -423,7 +425,7 @@ def test_prompt_mid_clip_and_propagate_both_ways(engine, tmp_path):
 
 
 def test_closing_propagation_early_leaves_the_session_usable(engine, tmp_path):
-    session = engine.start_session(write_clip(tmp_path, "mp4"))
+    session = start(engine, write_clip(tmp_path, "mp4"))
     prompt_clip(engine, session)
     stream = engine.propagate(session, *propagation_plan(N, Direction.FORWARD, 0))
     assert engine.calls["propagate_step"] == 0  # nothing runs before the first next()
@@ -443,7 +445,7 @@ def test_closing_propagation_early_leaves_the_session_usable(engine, tmp_path):
 
 
 def test_refine_remove_reset_and_close(engine, tmp_path):
-    session = engine.start_session(write_clip(tmp_path, "ffv1"))
+    session = start(engine, write_clip(tmp_path, "ffv1"))
     masks = clip_masks(0)
     _, [oid] = engine.add_prompt(session, 0, Prompt(points=(LabeledPoint(40, 70),)), None)
     assert oid == 1
@@ -486,13 +488,14 @@ def test_refine_remove_reset_and_close(engine, tmp_path):
 
 def test_latency_is_slept_once_per_unit_of_device_work(tmp_path, monkeypatch):
     slept = []
-    monkeypatch.setattr(synthetic.time, "sleep", slept.append)
+    monkeypatch.setattr(synthetic_engine.time, "sleep", slept.append)
     engine = SyntheticEngine(latency_ms=20)
     engine.encode_image(canvas())
     assert slept == [0.02]
-    session = engine.start_session(write_clip(tmp_path, "jpeg"))
+    folder = write_clip(tmp_path, "jpeg")
+    session = start(engine, folder)
     engine.add_prompt(session, 0, Prompt(text="green"), None)
     assert len(list(engine.propagate(session, [0, 1, 2], []))) == 3
     assert slept == [0.02] * 5
     engine.close_session(session)
-    assert os.path.isdir(session.source.path)  # the engine never deletes the media
+    assert os.path.isdir(folder)  # the engine never deletes the media

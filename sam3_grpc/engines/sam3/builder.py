@@ -38,6 +38,9 @@ PRESET_TINY = "sam3-tiny"
 PRESETS = (PRESET_REAL, PRESET_TINY)
 
 PATCH_SIZE = 14
+# Meta's configuration (sam3/model_builder.py): input resolution and the tracker's object limit.
+REAL_RESOLUTION = 1008
+REAL_MAX_OBJECTS = 10000
 D_MODEL = 256  # wired into several sam3 modules (tracker heads, box embeddings): never shrunk
 TINY_SEED = 20251123
 

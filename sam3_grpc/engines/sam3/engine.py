@@ -30,13 +30,24 @@ from sam3_grpc.domain import (
     ModelKind,
     Prompt,
     RawDetection,
-    VideoSource,
+    SessionBudget,
+    VideoInfo,
 )
 from sam3_grpc.engines.base import Engine
 from sam3_grpc.engines.sam3 import compat
-from sam3_grpc.engines.sam3.builder import PRESET_REAL, PRESET_TINY, PRESETS, build_video_model
+from sam3_grpc.engines.sam3.builder import (
+    PRESET_REAL,
+    PRESET_TINY,
+    PRESETS,
+    REAL_MAX_OBJECTS,
+    REAL_RESOLUTION,
+    TINY,
+    build_video_model,
+)
 from sam3_grpc.engines.sam3.image import DEFAULT_SCORE_THRESHOLD, ImagePredictor
+from sam3_grpc.engines.sam3.video import FramePreparer
 from sam3_grpc.errors import ConfigurationError, FailedPrecondition, InvalidArgument
+from sam3_grpc.media.frames import FrameWindow
 
 logger = logging.getLogger(__name__)
 
@@ -198,13 +209,17 @@ class Sam3Engine(Engine):
             int(model.image_size),
         )
 
+    def _one_inference(self) -> None:
+        image = np.zeros((64, 64, 3), np.uint8)
+        self.predict(self.encode_image(image), [Prompt(text="object")])
+
     def warmup(self) -> None:
-        super().warmup()
+        self._one_inference()
         if self._model is not None and self._model.compile_model:
             # sam3 compiles after an eager pass has filled its caches (positional encodings).
             with self._context(video=True):
                 self._model._compile_model()
-            super().warmup()
+            self._one_inference()
 
     @contextlib.contextmanager
     def _context(self, video: bool = False) -> Iterator[None]:
@@ -273,19 +288,37 @@ class Sam3Engine(Engine):
             raise FailedPrecondition("the session is closed")
         return state
 
-    def start_session(self, source: VideoSource) -> Any:
+    def frame_preparer(self) -> FramePreparer:
+        return FramePreparer(self._resolution())
+
+    def _resolution(self) -> int:
+        if self._model is not None:
+            return int(self._model.image_size)
+        return TINY.resolution if self._preset == PRESET_TINY else REAL_RESOLUTION
+
+    def session_budget(self, info: VideoInfo, window_frames: int) -> SessionBudget:
+        """Frames on the host; tracker state per object (memories, pointers, masks of the
+        frames sam3 keeps) on the device, at the model's object limit."""
+        frames = window_frames * FramePreparer(self._resolution()).frame_bytes()
+        objects = self._max_objects() * self._video_per_object_bytes(info)
+        if self._device.type == "cpu":
+            return SessionBudget(host_bytes=frames + objects)
+        return SessionBudget(host_bytes=frames, device_bytes=objects)
+
+    def _max_objects(self) -> int:
+        if self._model is not None:
+            return int(self._model.max_num_objects)
+        return TINY.max_num_objects if self._preset == PRESET_TINY else REAL_MAX_OBJECTS
+
+    def _video_per_object_bytes(self, info: VideoInfo) -> int:
+        from sam3_grpc.engines.sam3.video import per_object_bytes
+
+        return per_object_bytes(self._resolution(), info)
+
+    def start_session(self, frames: FrameWindow) -> Any:
         self._require_loaded()
-        started = time.monotonic()
-        session = self._video.start(source)
-        logger.info(
-            "video session on %s: %s frames of %sx%s loaded in %.2f s",
-            source.path,
-            session.num_frames,
-            session.width,
-            session.height,
-            time.monotonic() - started,
-        )
-        return session
+        assert self._video is not None
+        return self._video.start(frames)
 
     def add_prompt(
         self, state: Any, frame_index: int, prompt: Prompt, object_id: int | None

@@ -4,15 +4,15 @@
 session in a class-level dict. This module calls the same model methods it dispatches to
 (`add_prompt`, `remove_object`, `reset_state`, `propagate_in_video`), with these choices:
 
-Frames. Decoded by `load_frames` into float16 at the model resolution and kept in host memory
-(`HostFrames`), whatever the device: ~6.1 MB a frame at 1008 px, 5.7 GiB per 1,000 frames, moved
-to the device one frame at a time when the detector needs it (a 6 MB copy next to ~0.1 s of
-compute per frame on a GPU; sam3's own comment on `offload_video_to_cpu` calls the overhead very
-small). Two sam3 0.1.4 defects make its loaders unsuitable for a server: `init_state` copies the
-whole batch to the device even with `offload_video_to_cpu=True` (`copy_data_to_device` on the
-`BatchedDatapoint`), and the OpenCV MP4 loader materialises the video as float32 and skips the
-/255 scaling (facebookresearch/sam3#493). Frames here are scaled like sam3's JPEG-folder loader
-(PIL resize, [0, 1], mean/std 0.5), whatever the container.
+Frames. Read on demand through the session's frame window (`media/frames.py`): the server
+decodes and prepares them on its CPU pool ahead of the device, only `--frame-window` of them
+are ever held (float16 at the model resolution, ~6.1 MB a frame at 1008 px, on the host) and
+each moves to the device when the detector needs it (a 6 MB copy next to ~0.1 s of compute per
+frame on a GPU; sam3's own comment on `offload_video_to_cpu` calls the overhead very small).
+sam3 0.1.4's loaders are not used: `init_state` decodes every frame up front and copies the
+whole batch to the device even with `offload_video_to_cpu=True`, and the OpenCV MP4 loader
+materialises the video as float32 and skips the /255 scaling (facebookresearch/sam3#493).
+`FramePreparer` prepares every frame exactly as sam3's image-folder loader does.
 
 Prompts (sam3 semantics):
 - text, or one exemplar box, or both: a semantic prompt; sam3 restarts the session (every object
@@ -54,7 +54,6 @@ import ctypes
 import gc
 import itertools
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -62,107 +61,84 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam3_grpc.domain import FrameOutput, Prompt, RawDetection, VideoSource
+from sam3_grpc.domain import FrameOutput, Prompt, RawDetection, VideoInfo
 from sam3_grpc.engines.sam3.image import mask_box
 from sam3_grpc.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
+from sam3_grpc.media.frames import FrameWindow
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp")  # as sam3/model/io_utils.py
 SUPPORTED_VIDEO_PROMPTS = (
     "text; one exemplar box; text + one box; points (clicks on one object, optional object_id)"
 )
 
 
 # ----- frames -----------------------------------------------------------------------------
-class HostFrames:
-    """Normalised float16 frames in host memory, indexable like sam3's `img_batch`.
+class FramePreparer:
+    """Turns a decoded RGB frame into the tensor sam3's image-folder loader would make of it,
+    bit for bit: PIL resize to size x size, `to_tensor` ([0, 1], float32), stored as float16,
+    then `-= mean` and `/= std` in float16 (`sam3/model/io_utils.py`,
+    `load_video_frames_from_image_folder`). Whatever the container: sam3 0.1.4's own MP4
+    loader skips the /255 scaling (facebookresearch/sam3#493), so it is never used.
+    Thread-safe; runs on the server's CPU pool."""
+
+    def __init__(self, size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> None:
+        self.size = size
+        self.mean = torch.tensor(mean, dtype=torch.float16)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float16)[:, None, None]
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        import torchvision.transforms.functional as TF
+        from PIL import Image
+
+        image = TF.resize(Image.fromarray(rgb), size=[self.size, self.size])
+        tensor = TF.to_tensor(image).to(torch.float16)
+        tensor -= self.mean
+        tensor /= self.std
+        return tensor
+
+    def frame_bytes(self) -> int:
+        return 3 * self.size * self.size * 2  # float16
+
+
+class WindowFrames:
+    """The session's frames, indexable like sam3's `img_batch`, read through the frame window.
 
     Not a Tensor on purpose: sam3's `copy_data_to_device` leaves such objects where they are, and
     `Sam3Image._get_img_feats` accepts "a list (or other indexable types) of tensors", moving
-    one frame at a time to the device.
+    one frame at a time to the device. Only the window's frames are in memory.
     """
 
-    def __init__(self, frames: list[torch.Tensor]) -> None:
-        self._frames = frames
+    def __init__(self, window: FrameWindow[torch.Tensor]) -> None:
+        self.window = window
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self.window)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self._frames[int(index)]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(f.numel() * f.element_size() for f in self._frames)
-
-    def clear(self) -> None:
-        self._frames.clear()
-
-
-def _frame_tensor(rgb, size: int) -> torch.Tensor:
-    """One RGB frame (PIL image) as sam3's JPEG loader prepares it, stored as float16."""
-    import torchvision.transforms.functional as TF
-
-    tensor = TF.to_tensor(TF.resize(rgb, size=[size, size]))
-    return ((tensor - 0.5) / 0.5).to(torch.float16)
-
-
-def _sorted_frame_names(folder: str) -> list[str]:
-    names = [p for p in os.listdir(folder) if os.path.splitext(p)[-1].lower() in IMAGE_EXTS]
-    try:
-        names.sort(key=lambda p: int(os.path.splitext(p)[0]))
-    except ValueError:  # sam3's fallback for names that are not "<frame_index>.<ext>"
-        names.sort()
-    return names
-
-
-def load_frames(source: VideoSource, size: int) -> tuple[HostFrames, int, int]:
-    """Decodes a video file or a folder of frames: (frames, original height, original width)."""
-    from PIL import Image
-
-    path = source.path
-    frames: list[torch.Tensor] = []
-    height = width = 0
-    if source.is_frame_folder or os.path.isdir(path):
-        if not os.path.isdir(path):
-            raise InvalidArgument(f"frame folder {path!r} does not exist")
-        for name in _sorted_frame_names(path):
-            with Image.open(os.path.join(path, name)) as img:
-                rgb = img.convert("RGB")
-            width, height = rgb.size
-            frames.append(_frame_tensor(rgb, size))
-    else:
-        import cv2
-
-        if not os.path.isfile(path):
-            raise InvalidArgument(f"video file {path!r} does not exist")
-        capture = cv2.VideoCapture(path)
-        try:
-            if not capture.isOpened():
-                raise InvalidArgument(f"cannot decode video {path!r}")
-            while True:
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                height, width = bgr.shape[:2]
-                rgb = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                frames.append(_frame_tensor(rgb, size))
-        finally:
-            capture.release()
-    if not frames:
-        raise InvalidArgument(f"no frames could be decoded from {path!r}")
-    if source.info.frame_count and source.info.frame_count != len(frames):
-        logger.warning(
-            "%s: probed %s frames, decoded %s; using the decoded count",
-            path,
-            source.info.frame_count,
-            len(frames),
-        )
-    return HostFrames(frames), height, width
+        return self.window.get(int(index))
 
 
 # ----- memory accounting --------------------------------------------------------------------
+# Frames of tracker state kept per object (see `per_object_bytes`): the memory window
+# (num_maskmem), conditioning frames, the hot-start buffer and object pointers, with a margin.
+KEPT_FRAMES = 40
+
+
+def per_object_bytes(resolution: int, info: VideoInfo) -> int:
+    """An upper bound on what one tracked object costs a session, whatever the video's length:
+    for each of the KEPT_FRAMES frames sam3 keeps, a 64-channel memory feature map and its
+    positional encoding at 1/14 of the resolution (bfloat16), the low-resolution mask (1/4,
+    float32) and the object pointer; plus its compact per-frame results (RLE on the host, a
+    few hundred bytes a frame for ordinary masks)."""
+    stride = max(1, resolution // 14)
+    memory = 2 * 64 * stride * stride * 2
+    low_res_mask = (resolution // 4) ** 2 * 4
+    pointer = 256 * 4
+    results = info.frame_count * 256
+    return KEPT_FRAMES * (memory + low_res_mask + pointer) + results
+
+
 def tensor_nbytes(obj: Any, exclude: set[int] | frozenset[int] = frozenset()) -> int:
     """Bytes of the distinct tensor storages reachable from `obj` (dicts, sequences, dataclasses,
     plain objects), not descending into modules; storages whose data pointer is in `exclude`
@@ -190,8 +166,8 @@ def tensor_nbytes(obj: Any, exclude: set[int] | frozenset[int] = frozenset()) ->
             stack.extend(item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(item)
-        elif isinstance(item, HostFrames):
-            stack.extend(item._frames)
+        elif isinstance(item, WindowFrames):
+            total += item.window.nbytes
         elif is_dataclass(item) and not isinstance(item, type):
             stack.extend(getattr(item, f.name, None) for f in fields(item))
         elif hasattr(item, "__dict__") and type(item).__module__.startswith("sam3"):
@@ -209,7 +185,7 @@ def release_host_memory() -> None:
 @dataclass
 class VideoSession:
     state: dict
-    frames: HostFrames
+    frames: WindowFrames
     height: int
     width: int
     # Frame of the current semantic (text / box) prompt, and frames clicked per object.
@@ -232,13 +208,14 @@ class VideoRunner:
         self.resolution = int(model.image_size)
 
     # ----- lifecycle -----------------------------------------------------------------------
-    def start(self, source: VideoSource) -> VideoSession:
-        frames, height, width = load_frames(source, self.resolution)
+    def start(self, window: FrameWindow[torch.Tensor]) -> VideoSession:
+        frames = WindowFrames(window)
+        info = window.info
         with self.context():
-            state = self._init_state(frames, height, width)
-        return VideoSession(state=state, frames=frames, height=height, width=width)
+            state = self._init_state(frames, info.height, info.width)
+        return VideoSession(state=state, frames=frames, height=info.height, width=info.width)
 
-    def _init_state(self, frames: HostFrames, height: int, width: int) -> dict:
+    def _init_state(self, frames: WindowFrames, height: int, width: int) -> dict:
         """What `Sam3VideoInference.init_state` builds, around frames that are already loaded."""
         state: dict[str, Any] = {
             "image_size": self.resolution,
@@ -259,7 +236,7 @@ class VideoRunner:
     def close(self, session: VideoSession) -> None:
         session.closed = True
         session.state.clear()
-        session.frames.clear()
+        session.frames.window.close()
         session.click_frames.clear()
         gc.collect()
         if torch.cuda.is_available():
