@@ -40,6 +40,7 @@ class Settings:
     # Executor
     queue_size: int = 64
     cpu_workers: int = 2
+    cpu_queue_size: int = 32
     opencv_threads: int = 1
     # Images
     max_image_bytes: int = 48 * MiB
@@ -85,6 +86,7 @@ class Settings:
     # Observability
     metrics_port: int | None = None
     metrics_host: str | None = None
+    metrics_public: bool = False
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -179,7 +181,17 @@ _FLAGS: tuple[_Flag, ...] = (
         "Jobs that may wait for the device; more are rejected with RESOURCE_EXHAUSTED.",
         int,
     ),
-    _Flag("cpu_workers", "Threads for CPU-side work (image decode, mask encoding).", int),
+    _Flag(
+        "cpu_workers",
+        "Threads for CPU-side work (image and video decoding, mask encoding, upload writes).",
+        int,
+    ),
+    _Flag(
+        "cpu_queue_size",
+        "CPU jobs that may be queued or running; new requests beyond it are refused with "
+        "RESOURCE_EXHAUSTED (health turns NOT_SERVING for image calls meanwhile).",
+        int,
+    ),
     _Flag(
         "opencv_threads",
         "Threads OpenCV may use inside one call (video decode, mask "
@@ -342,6 +354,13 @@ _FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag("metrics_port", "Serve Prometheus metrics over HTTP on this port (off by default).", int),
     _Flag("metrics_host", "Address of the metrics endpoint; default: the same as --host."),
+    _Flag(
+        "metrics_public",
+        "Allow the metrics endpoint (plain HTTP, no TLS, no tokens) on a non-loopback address, "
+        "e.g. for Prometheus inside a cluster.",
+        _bool,
+        metavar="BOOL",
+    ),
     _Flag("log_level", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     _Flag(
         "log_format",
@@ -415,6 +434,7 @@ def validate(settings: Settings) -> None:
     positive = (
         "queue_size",
         "cpu_workers",
+        "cpu_queue_size",
         "max_prompts",
         "max_detections",
         "max_image_bytes",
@@ -462,6 +482,17 @@ def validate(settings: Settings) -> None:
             f"refusing to serve {settings.host} without TLS or tokens: anyone who can reach it "
             "could use the model and read session videos. Add --tls-cert/--tls-key and/or "
             "--auth-token-file, or pass --insecure if a trusted network or proxy protects it"
+        )
+    metrics_host = settings.metrics_host or settings.host
+    if (
+        settings.metrics_port is not None
+        and not is_loopback(metrics_host)
+        and not settings.metrics_public
+    ):
+        raise ValueError(
+            f"refusing to serve metrics on {metrics_host}: the metrics endpoint is plain HTTP "
+            "without TLS or tokens, so anyone who can reach it could read them. Use "
+            "--metrics-host 127.0.0.1, or pass --metrics-public true on a trusted network"
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import signal
 import time
@@ -17,6 +16,7 @@ from sam3_grpc.domain import ModelKind
 from sam3_grpc.engines.base import Engine
 from sam3_grpc.server.budget import MemoryBudget, default_host_budget
 from sam3_grpc.server.cache import EmbeddingCache
+from sam3_grpc.server.cpu import CpuPool
 from sam3_grpc.server.executor import DeviceExecutor
 from sam3_grpc.server.health import HealthState
 from sam3_grpc.server.interceptors import (
@@ -65,9 +65,7 @@ class Sam3Server:
                 max_entries=settings.cache_size, max_bytes=settings.cache_max_bytes
             ),
             health=HealthState(SERVICE_NAMES),
-            cpu_pool=concurrent.futures.ThreadPoolExecutor(
-                settings.cpu_workers, thread_name_prefix="cpu"
-            ),
+            cpu_pool=CpuPool(settings.cpu_workers, settings.cpu_queue_size),
         )
         self.sessions = SessionManager(self.runtime)
         self.runtime.sessions = self.sessions

@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sam3_grpc.config import Settings
 from sam3_grpc.domain import Box, Direction, LabeledBox, LabeledPoint, Prompt, RawDetection
-from sam3_grpc.errors import InvalidArgument, Reason
+from sam3_grpc.errors import InvalidArgument, Reason, ResourceExhausted
 from sam3_grpc.media import masks
 from sam3_grpc.v1 import common_pb2, video_service_pb2
 
@@ -289,6 +290,21 @@ def frame_to_proto(frame, spec: OutputSpec) -> common_pb2.FrameResult:
     return common_pb2.FrameResult(
         frame_index=frame.frame_index, objects=render_detections(frame.objects, spec)
     )
+
+
+def check_reply_size(reply: Any, limit: int) -> Any:
+    """Refuses a reply larger than the server sends (--max-send-message-bytes) with a status
+    that says what to change, rather than letting gRPC fail it after all the work."""
+    size = reply.ByteSize()
+    if size > limit:
+        raise ResourceExhausted(
+            f"the reply would be {size} bytes, over this server's limit of {limit} bytes "
+            "(--max-send-message-bytes): ask for fewer detections (output.max_detections), "
+            "RLE masks instead of PNG, or no masks (MASK_ENCODING_NONE)",
+            reason=Reason.RESPONSE_TOO_LARGE,
+            metadata={"limit": limit, "size": size},
+        )
+    return reply
 
 
 def timestamp(epoch_seconds: float) -> Timestamp:

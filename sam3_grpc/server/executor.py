@@ -90,6 +90,8 @@ class DeviceExecutor:
         self._cv = threading.Condition()
         self._stopping = False
         self._running = 0
+        # Slots claimed by pipelines whose CPU stage is still preparing their device job.
+        self._reserved = 0
         self._completed = 0
         self._rejected = 0
         self._dropped = 0
@@ -149,7 +151,8 @@ class DeviceExecutor:
         With `prepare` and/or `finish` (run on `cpu_pool`), the call is a pipeline: prepare() on
         the CPU pool, then fn(engine, prepared) on the device thread, then finish(result) on the
         CPU pool. Each stage hands straight to the next without a round trip through the event
-        loop, which saves two thread wake-ups per request.
+        loop, which saves two thread wake-ups per request. A pipeline claims its place in the
+        queue before any CPU work: a full queue refuses it at once, for nothing.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
@@ -161,52 +164,89 @@ class DeviceExecutor:
         else:
             if cpu_pool is None:
                 raise ValueError("a prepare stage needs a cpu_pool to run on")
-            cpu_pool.submit(self._prepare_then_enqueue, job, prepare)
+            self._admit(reserve=True)
+            try:
+                cpu_pool.submit(self._prepare_then_enqueue, job, prepare)
+            except BaseException:
+                self._unreserve()
+                raise
         try:
             return await future
         finally:
             # Reached on cancellation too: the worker skips abandoned jobs it has not started.
             job.abandoned = True
 
-    def _enqueue(self, job: _Job) -> None:
+    def _check_locked(self) -> None:
+        """Refuses new work while stopping, wedged or full (queued + reserved)."""
+        if self._stopping:
+            raise Unavailable(
+                "the server is shutting down; retry on another replica",
+                reason=Reason.SHUTTING_DOWN,
+            )
+        if self._wedged:
+            raise Unavailable(self._wedged_message_locked(), reason=Reason.ENGINE_WEDGED)
+        if len(self._queue) + self._reserved >= self.capacity:
+            self._rejected += 1
+            retry_after = self._retry_after_locked()
+            raise ResourceExhausted(
+                f"the server's queue is full ({self.capacity} jobs waiting for the device); "
+                f"retry in about {retry_after:.1f} s or use another replica",
+                reason=Reason.QUEUE_FULL,
+                metadata={"capacity": self.capacity},
+                retry_after_s=retry_after,
+            )
+
+    def _admit(self, *, reserve: bool) -> None:
         with self._cv:
-            if self._stopping:
-                raise Unavailable(
-                    "the server is shutting down; retry on another replica",
-                    reason=Reason.SHUTTING_DOWN,
-                )
-            if self._wedged:
-                raise Unavailable(self._wedged_message_locked(), reason=Reason.ENGINE_WEDGED)
-            if len(self._queue) >= self.capacity:
-                self._rejected += 1
-                retry_after = self._retry_after_locked()
-                raise ResourceExhausted(
-                    f"the server's queue is full ({self.capacity} jobs waiting for the device); "
-                    f"retry in about {retry_after:.1f} s or use another replica",
-                    reason=Reason.QUEUE_FULL,
-                    metadata={"capacity": self.capacity},
-                    retry_after_s=retry_after,
-                )
+            self._check_locked()
+            if reserve:
+                self._reserved += 1
+                depth = len(self._queue) + self._reserved
+        if reserve:
+            self._notify_depth(depth)
+
+    def _unreserve(self) -> None:
+        with self._cv:
+            self._reserved -= 1
+            depth = len(self._queue) + self._reserved
+        self._notify_depth(depth)
+
+    def _enqueue(self, job: _Job, *, reserved: bool = False) -> None:
+        with self._cv:
+            if reserved:
+                self._reserved -= 1
+                if self._stopping or self._wedged:
+                    self._check_locked()
+            else:
+                self._check_locked()
             job.enqueued_at = time.monotonic()
             self._queue.append(job)
-            depth = len(self._queue)
+            depth = len(self._queue) + self._reserved
             self._cv.notify()
         self._notify_depth(depth)
 
     def _prepare_then_enqueue(self, job: _Job, prepare: Callable[[], Any]) -> None:
-        """On a CPU-pool thread."""
-        if job.abandoned:
+        """On a CPU-pool thread, in a slot reserved by submit()."""
+        if job.abandoned:  # the caller left while this waited for a CPU worker
+            self._unreserve()
             return
         try:
             prepared = prepare()
             job.fn = functools.partial(job.fn, prepared=prepared)
-            self._enqueue(job)
+        except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+            self._unreserve()
+            self._resolve(job, exc=exc)
+            return
+        try:
+            self._enqueue(job, reserved=True)
         except BaseException as exc:  # noqa: BLE001 - delivered to the caller
             self._resolve(job, exc=exc)
 
     def _finish_then_resolve(self, job: _Job, result: Any) -> None:
         """On a CPU-pool thread."""
         assert job.finish is not None
+        if job.abandoned:  # nobody will read the encoded result
+            return
         try:
             self._resolve(job, result=job.finish(result))
         except BaseException as exc:  # noqa: BLE001 - delivered to the caller
@@ -270,7 +310,7 @@ class DeviceExecutor:
     def stats(self) -> ExecutorStats:
         with self._cv:
             return ExecutorStats(
-                depth=len(self._queue),
+                depth=len(self._queue) + self._reserved,
                 capacity=self.capacity,
                 running=self._running,
                 completed=self._completed,
@@ -287,7 +327,7 @@ class DeviceExecutor:
                 if self._stopping and not self._internal:
                     return
                 job = self._internal.popleft() if self._internal else self._queue.popleft()
-                depth = len(self._queue)
+                depth = len(self._queue) + self._reserved
                 skip_reason = self._skip_reason(job)
                 if skip_reason is None:
                     self._running = 1

@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,6 +42,16 @@ logger = logging.getLogger(__name__)
 call_logger = logging.getLogger("sam3_grpc.calls")
 
 PROBE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+# An absolute file system path (two or more components), as it may appear inside a message.
+_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@%+~-]+/)+[\w.@%+~-]*")
+
+
+def redact_paths(text: str) -> str:
+    """Replies never carry server paths: whatever a message says (an engine's, a library's),
+    every absolute path in it is replaced before it leaves the server."""
+    return _PATH.sub("<server path>", text)
 
 
 def as_service_error(exc: BaseException, method: str) -> ServiceError:
@@ -74,13 +85,15 @@ def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
     details = [
         _packed(
             error_details_pb2.ErrorInfo(
-                reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata
+                reason=error.reason.value,
+                domain=ERROR_DOMAIN,
+                metadata={k: redact_paths(v) for k, v in error.metadata.items()},
             )
         )
     ]
     if error.field is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.message
+            field=error.field, description=redact_paths(error.message)
         )
         details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
     if error.retry_after_s is not None:
@@ -88,7 +101,9 @@ def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(
-        code=code_pb2.Code.Value(error.code_name), message=error.message, details=details
+        code=code_pb2.Code.Value(error.code_name),
+        message=redact_paths(error.message),
+        details=details,
     )
     return rpc_status.to_status(status)
 

@@ -67,6 +67,20 @@ class _RuntimeCollector(Collector):
             "Seconds the device thread spent running jobs; its rate is the busy fraction.",
             value=runtime.executor.busy_seconds(),
         )
+        cpu = runtime.cpu_pool
+        yield GaugeMetricFamily(
+            "sam3_grpc_cpu_backlog", "CPU jobs queued or running.", value=cpu.backlog
+        )
+        yield GaugeMetricFamily(
+            "sam3_grpc_cpu_capacity",
+            "Most CPU jobs before new requests are refused.",
+            value=cpu.capacity,
+        )
+        yield CounterMetricFamily(
+            "sam3_grpc_cpu_rejected",
+            "Requests refused because the CPU workers were saturated.",
+            value=cpu.rejected,
+        )
         sessions = runtime.sessions
         yield GaugeMetricFamily(
             "sam3_grpc_sessions_active",

@@ -16,6 +16,7 @@ from sam3_grpc.config import Settings
 from sam3_grpc.engines.base import Engine
 from sam3_grpc.errors import Reason, Unavailable
 from sam3_grpc.server.cache import EmbeddingCache
+from sam3_grpc.server.cpu import CpuPool
 from sam3_grpc.server.executor import DeviceExecutor
 from sam3_grpc.server.health import HealthState
 
@@ -29,7 +30,7 @@ class Runtime:
     executor: DeviceExecutor
     cache: EmbeddingCache
     health: HealthState
-    cpu_pool: concurrent.futures.ThreadPoolExecutor
+    cpu_pool: CpuPool
     started_at: float = field(default_factory=time.time)
     load_s: float = 0.0
     warmup_s: float = 0.0
@@ -37,6 +38,12 @@ class Runtime:
     # import cycles.
     sessions: Any = None
     metrics: Any = None
+
+    def admit(self) -> None:
+        """The door of every call that brings new model work: ready, and CPU workers free.
+        (The device queue admits at its own door, executor.submit.)"""
+        self.require_ready()
+        self.cpu_pool.admit()
 
     def require_ready(self) -> None:
         if self.health.shutting_down:

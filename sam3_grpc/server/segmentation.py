@@ -41,7 +41,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self, request: pb.SegmentImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.SegmentImageResponse:
         runtime = self.runtime
-        runtime.require_ready()
+        runtime.admit()
         settings = runtime.settings
         prompts = convert.prompts_from_proto(request.prompts, settings)
         spec = convert.output_from_proto(
@@ -85,7 +85,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     prompt_index=index,
                     detections=convert.render_detections(detections, spec, prompt),
                 )
-            return response
+            return convert.check_reply_size(response, settings.max_send_message_bytes)
 
         return await runtime.executor.submit(
             run,

@@ -56,6 +56,13 @@ class StatusServicer(pb_grpc.StatusServiceServicer):
             active_sessions=sessions.count() if sessions else 0,
             session_memory_bytes=sessions.memory_bytes() if sessions else 0,
             session_memory_budget=_budget(sessions.budget) if sessions else None,
+            cpu=pb.CpuStatus(
+                workers=runtime.cpu_pool.workers,
+                backlog=runtime.cpu_pool.backlog,
+                capacity=runtime.cpu_pool.capacity,
+                completed=runtime.cpu_pool.completed,
+                rejected=runtime.cpu_pool.rejected,
+            ),
             memory=pb.DeviceMemory(used_bytes=memory.used_bytes, total_bytes=memory.total_bytes),
             uptime=_duration(time.time() - runtime.started_at),
             version=__version__,

@@ -166,7 +166,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
     async def StartSession(
         self, request: pb.StartSessionRequest, context
     ) -> pb.StartSessionResponse:
-        self.runtime.require_ready()
+        self.runtime.admit()
         session = await self._open(request.video_path, context)
         return pb.StartSessionResponse(session=self._to_proto(session))
 
@@ -174,7 +174,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         self, request_iterator: AsyncIterator[pb.UploadVideoRequest], context
     ) -> pb.UploadVideoResponse:
         settings = self.runtime.settings
-        self.runtime.require_ready()
+        self.runtime.admit()
         slots = self.sessions.upload_slots
         if slots.locked():
             raise ResourceExhausted(
@@ -202,7 +202,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
 
     # ----- prompts ---------------------------------------------------------------------------
     async def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.AddPromptResponse:
-        self.runtime.require_ready()
+        self.runtime.admit()
         session = self._session(request.session_id, context)
         await session.require_idle()
         info = session.info
@@ -223,8 +223,15 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
             context,
             "AddPrompt",
         )
-        rendered = await self.runtime.on_cpu(convert.frame_to_proto, frame, spec)
-        return pb.AddPromptResponse(frame=rendered, object_ids=affected)
+        limit = self.runtime.settings.max_send_message_bytes
+
+        def encode() -> pb.AddPromptResponse:
+            reply = pb.AddPromptResponse(
+                frame=convert.frame_to_proto(frame, spec), object_ids=affected
+            )
+            return convert.check_reply_size(reply, limit)
+
+        return await self.runtime.on_cpu(encode)
 
     async def RemoveObject(
         self, request: pb.RemoveObjectRequest, context
@@ -270,7 +277,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         self, request: pb.PropagateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PropagateResponse]:
         runtime = self.runtime
-        runtime.require_ready()
+        runtime.admit()
         session = self._session(request.session_id, context)
         await session.require_idle()
         if not session.prompted_frames:
@@ -302,6 +309,12 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
 
         plan = [*forward, *backward]
         ahead = runtime.settings.prefetch_frames
+        limit = runtime.settings.max_send_message_bytes
+
+        def encode(frame) -> pb.PropagateResponse:
+            # Frames done and total are filled in when it is sent; they add a few bytes.
+            reply = pb.PropagateResponse(frame=convert.frame_to_proto(frame, spec))
+            return convert.check_reply_size(reply, limit - 32)
 
         async def produce() -> None:
             prefetching: asyncio.Future | None = None
@@ -319,9 +332,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                         raise Internal("the engine produced fewer frames than planned")
                     # Encoding starts now on the CPU pool, overlapping the next device step;
                     # the bounded queue blocks while the reader is behind: backpressure.
-                    await frames.put(
-                        asyncio.ensure_future(runtime.on_cpu(convert.frame_to_proto, frame, spec))
-                    )
+                    await frames.put(asyncio.ensure_future(runtime.on_cpu(encode, frame)))
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -344,9 +355,10 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
                 item = await frames.get()
                 if isinstance(item, BaseException):
                     raise item
-                rendered = await item
+                reply = await item
+                reply.frames_done, reply.frames_total = done, total
                 session.touch()
-                yield pb.PropagateResponse(frame=rendered, frames_done=done, frames_total=total)
+                yield reply
         finally:
             producer.cancel()
             while not frames.empty():  # encodings nobody will read

@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sam3_grpc/v1/status_service.proto\x12\x0csam3_grpc.v1\x1a\x1egoogle/protobuf/duration.proto\"\x18\n\x16GetServerStatusRequest\"u\n\x0bQueueStatus\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x12\x10\n\x08rejected\x18\x05 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x03\"7\n\x0c\x44\x65viceMemory\x12\x12\n\nused_bytes\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"\x89\x01\n\x13SessionMemoryBudget\x12\x19\n\x11host_budget_bytes\x18\x01 \x01(\x03\x12\x1b\n\x13host_reserved_bytes\x18\x02 \x01(\x03\x12\x1b\n\x13\x64\x65vice_budget_bytes\x18\x03 \x01(\x03\x12\x1d\n\x15\x64\x65vice_reserved_bytes\x18\x04 \x01(\x03\"]\n\x0b\x43\x61\x63heStatus\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0c\n\x04hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\"\xac\x04\n\x17GetServerStatusResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12+\n\nmodel_kind\x18\x02 \x01(\x0e\x32\x17.sam3_grpc.v1.ModelKind\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12(\n\x05queue\x18\x05 \x01(\x0b\x32\x19.sam3_grpc.v1.QueueStatus\x12\x17\n\x0f\x61\x63tive_sessions\x18\x06 \x01(\x05\x12*\n\x06memory\x18\x07 \x01(\x0b\x32\x1a.sam3_grpc.v1.DeviceMemory\x12)\n\x06uptime\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\t \x01(\t\x12(\n\x05\x63\x61\x63he\x18\n \x01(\x0b\x32\x19.sam3_grpc.v1.CacheStatus\x12\x30\n\rload_duration\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fwarmup_duration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eweights_source\x18\r \x01(\t\x12\x1c\n\x14session_memory_bytes\x18\x0e \x01(\x03\x12@\n\x15session_memory_budget\x18\x0f \x01(\x0b\x32!.sam3_grpc.v1.SessionMemoryBudget*k\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODEL_KIND_REAL\x10\x01\x12\x13\n\x0fMODEL_KIND_TINY\x10\x02\x12\x18\n\x14MODEL_KIND_SYNTHETIC\x10\x03\x32o\n\rStatusService\x12^\n\x0fGetServerStatus\x12$.sam3_grpc.v1.GetServerStatusRequest\x1a%.sam3_grpc.v1.GetServerStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sam3_grpc/v1/status_service.proto\x12\x0csam3_grpc.v1\x1a\x1egoogle/protobuf/duration.proto\"\x18\n\x16GetServerStatusRequest\"u\n\x0bQueueStatus\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x12\x10\n\x08rejected\x18\x05 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x03\"d\n\tCpuStatus\x12\x0f\n\x07workers\x18\x01 \x01(\x05\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x12\x10\n\x08rejected\x18\x05 \x01(\x03\"7\n\x0c\x44\x65viceMemory\x12\x12\n\nused_bytes\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"\x89\x01\n\x13SessionMemoryBudget\x12\x19\n\x11host_budget_bytes\x18\x01 \x01(\x03\x12\x1b\n\x13host_reserved_bytes\x18\x02 \x01(\x03\x12\x1b\n\x13\x64\x65vice_budget_bytes\x18\x03 \x01(\x03\x12\x1d\n\x15\x64\x65vice_reserved_bytes\x18\x04 \x01(\x03\"]\n\x0b\x43\x61\x63heStatus\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0c\n\x04hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\"\xd2\x04\n\x17GetServerStatusResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12+\n\nmodel_kind\x18\x02 \x01(\x0e\x32\x17.sam3_grpc.v1.ModelKind\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12(\n\x05queue\x18\x05 \x01(\x0b\x32\x19.sam3_grpc.v1.QueueStatus\x12\x17\n\x0f\x61\x63tive_sessions\x18\x06 \x01(\x05\x12*\n\x06memory\x18\x07 \x01(\x0b\x32\x1a.sam3_grpc.v1.DeviceMemory\x12)\n\x06uptime\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\t \x01(\t\x12(\n\x05\x63\x61\x63he\x18\n \x01(\x0b\x32\x19.sam3_grpc.v1.CacheStatus\x12\x30\n\rload_duration\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fwarmup_duration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eweights_source\x18\r \x01(\t\x12\x1c\n\x14session_memory_bytes\x18\x0e \x01(\x03\x12@\n\x15session_memory_budget\x18\x0f \x01(\x0b\x32!.sam3_grpc.v1.SessionMemoryBudget\x12$\n\x03\x63pu\x18\x10 \x01(\x0b\x32\x17.sam3_grpc.v1.CpuStatus*k\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODEL_KIND_REAL\x10\x01\x12\x13\n\x0fMODEL_KIND_TINY\x10\x02\x12\x18\n\x14MODEL_KIND_SYNTHETIC\x10\x03\x32o\n\rStatusService\x12^\n\x0fGetServerStatus\x12$.sam3_grpc.v1.GetServerStatusRequest\x1a%.sam3_grpc.v1.GetServerStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sam3_grpc.v1.status_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELKIND']._serialized_start=1079
-  _globals['_MODELKIND']._serialized_end=1186
+  _globals['_MODELKIND']._serialized_start=1219
+  _globals['_MODELKIND']._serialized_end=1326
   _globals['_GETSERVERSTATUSREQUEST']._serialized_start=83
   _globals['_GETSERVERSTATUSREQUEST']._serialized_end=107
   _globals['_QUEUESTATUS']._serialized_start=109
   _globals['_QUEUESTATUS']._serialized_end=226
-  _globals['_DEVICEMEMORY']._serialized_start=228
-  _globals['_DEVICEMEMORY']._serialized_end=283
-  _globals['_SESSIONMEMORYBUDGET']._serialized_start=286
-  _globals['_SESSIONMEMORYBUDGET']._serialized_end=423
-  _globals['_CACHESTATUS']._serialized_start=425
-  _globals['_CACHESTATUS']._serialized_end=518
-  _globals['_GETSERVERSTATUSRESPONSE']._serialized_start=521
-  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=1077
-  _globals['_STATUSSERVICE']._serialized_start=1188
-  _globals['_STATUSSERVICE']._serialized_end=1299
+  _globals['_CPUSTATUS']._serialized_start=228
+  _globals['_CPUSTATUS']._serialized_end=328
+  _globals['_DEVICEMEMORY']._serialized_start=330
+  _globals['_DEVICEMEMORY']._serialized_end=385
+  _globals['_SESSIONMEMORYBUDGET']._serialized_start=388
+  _globals['_SESSIONMEMORYBUDGET']._serialized_end=525
+  _globals['_CACHESTATUS']._serialized_start=527
+  _globals['_CACHESTATUS']._serialized_end=620
+  _globals['_GETSERVERSTATUSRESPONSE']._serialized_start=623
+  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=1217
+  _globals['_STATUSSERVICE']._serialized_start=1328
+  _globals['_STATUSSERVICE']._serialized_end=1439
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,20 @@ class QueueStatus(_message.Message):
     dropped: int
     def __init__(self, depth: _Optional[int] = ..., capacity: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., rejected: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
+class CpuStatus(_message.Message):
+    __slots__ = ("workers", "backlog", "capacity", "completed", "rejected")
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    backlog: int
+    capacity: int
+    completed: int
+    rejected: int
+    def __init__(self, workers: _Optional[int] = ..., backlog: _Optional[int] = ..., capacity: _Optional[int] = ..., completed: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+
 class DeviceMemory(_message.Message):
     __slots__ = ("used_bytes", "total_bytes")
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -75,7 +89,7 @@ class CacheStatus(_message.Message):
     def __init__(self, entries: _Optional[int] = ..., capacity: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class GetServerStatusResponse(_message.Message):
-    __slots__ = ("model_name", "model_kind", "device", "ready", "queue", "active_sessions", "memory", "uptime", "version", "cache", "load_duration", "warmup_duration", "weights_source", "session_memory_bytes", "session_memory_budget")
+    __slots__ = ("model_name", "model_kind", "device", "ready", "queue", "active_sessions", "memory", "uptime", "version", "cache", "load_duration", "warmup_duration", "weights_source", "session_memory_bytes", "session_memory_budget", "cpu")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +105,7 @@ class GetServerStatusResponse(_message.Message):
     WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     SESSION_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     SESSION_MEMORY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_kind: ModelKind
     device: str
@@ -106,4 +121,5 @@ class GetServerStatusResponse(_message.Message):
     weights_source: str
     session_memory_bytes: int
     session_memory_budget: SessionMemoryBudget
-    def __init__(self, model_name: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., device: _Optional[str] = ..., ready: _Optional[bool] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., active_sessions: _Optional[int] = ..., memory: _Optional[_Union[DeviceMemory, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., version: _Optional[str] = ..., cache: _Optional[_Union[CacheStatus, _Mapping]] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weights_source: _Optional[str] = ..., session_memory_bytes: _Optional[int] = ..., session_memory_budget: _Optional[_Union[SessionMemoryBudget, _Mapping]] = ...) -> None: ...
+    cpu: CpuStatus
+    def __init__(self, model_name: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., device: _Optional[str] = ..., ready: _Optional[bool] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., active_sessions: _Optional[int] = ..., memory: _Optional[_Union[DeviceMemory, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., version: _Optional[str] = ..., cache: _Optional[_Union[CacheStatus, _Mapping]] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weights_source: _Optional[str] = ..., session_memory_bytes: _Optional[int] = ..., session_memory_budget: _Optional[_Union[SessionMemoryBudget, _Mapping]] = ..., cpu: _Optional[_Union[CpuStatus, _Mapping]] = ...) -> None: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import re
 import time
 
 import grpc
@@ -104,6 +105,8 @@ def check(server, call, allowed=DOCUMENTED):
     assert code in allowed, f"{code.name}: {detail}"
     if code != C.OK:
         assert "Traceback" not in detail and 'File "' not in detail, detail
+        # No reply names a server path: the upload directory, the media root, /tmp, /proc...
+        assert not re.search(r"(?<![\w.:/])/(?:[\w.@%+~-]+/)+", detail), detail
     # The server keeps answering.
     assert health(server.channel, timeout=5.0) == SERVING
     return code, detail
