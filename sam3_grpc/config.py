@@ -40,7 +40,8 @@ class Settings:
     # Executor
     queue_size: int = 64
     cpu_workers: int = 2
-    cpu_queue_size: int = 32
+    cpu_queue_size: int = 256
+    cpu_max_wait_s: float = 5.0
     opencv_threads: int = 1
     # Images
     max_image_bytes: int = 48 * MiB
@@ -191,6 +192,13 @@ _FLAGS: tuple[_Flag, ...] = (
         "CPU jobs that may be queued or running; new requests beyond it are refused with "
         "RESOURCE_EXHAUSTED (health turns NOT_SERVING for image calls meanwhile).",
         int,
+    ),
+    _Flag(
+        "cpu_max_wait_s",
+        "When a CPU job has waited this long for a worker, new requests are refused with "
+        "RESOURCE_EXHAUSTED until the workers catch up.",
+        float,
+        metavar="SECONDS",
     ),
     _Flag(
         "opencv_threads",

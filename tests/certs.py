@@ -21,6 +21,9 @@ class Certificates:
     server_key: Path
     client_cert: Path
     client_key: Path
+    # A second client certificate, with another subject (another principal).
+    other_client_cert: Path
+    other_client_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -71,14 +74,20 @@ def make_certificates(directory: Path) -> Certificates:
         sans=(x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
     )
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client_cert = _issue(
-        _name("test client"),
-        client_key.public_key(),
-        ca_cert.subject,
-        ca_key,
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-    )
+
+    def client(name: str):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(
+            _name(name),
+            key.public_key(),
+            ca_cert.subject,
+            ca_key,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+        return cert, key
+
+    client_cert, client_key = client("test client")
+    other_cert, other_key = client("other client")
     pem = serialization.Encoding.PEM
     return Certificates(
         ca=_write(directory / "ca.pem", ca_cert.public_bytes(pem)),
@@ -86,4 +95,6 @@ def make_certificates(directory: Path) -> Certificates:
         server_key=_write(directory / "server.key", _key_pem(server_key)),
         client_cert=_write(directory / "client.pem", client_cert.public_bytes(pem)),
         client_key=_write(directory / "client.key", _key_pem(client_key)),
+        other_client_cert=_write(directory / "other.pem", other_cert.public_bytes(pem)),
+        other_client_key=_write(directory / "other.key", _key_pem(other_key)),
     )

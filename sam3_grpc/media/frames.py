@@ -76,9 +76,21 @@ def unreadable_frame(index: int, why: str) -> DataLoss:
     )
 
 
+def _decoder_pixel_limit(pixels: int) -> int:
+    """FFmpeg's max_pixels for frames of `pixels`: decoders count aligned, padded buffers
+    (several times the frame for tiny frames), hence the margin; exact sizes are checked
+    after decoding."""
+    side = int(pixels**0.5)
+    return min(2**31 - 1, max(2 * pixels, (side + 256) ** 2))
+
+
 def _check_size(width: int, height: int, limits: FrameLimits) -> None:
     if width <= 0 or height <= 0:
-        raise invalid_video("the video declares no frame size; it may be corrupt")
+        raise invalid_video(
+            "the video's frame size cannot be read without decoding frames larger than this "
+            f"server accepts ({limits.max_pixels} pixels per frame); it may also be corrupt",
+            limit=limits.max_pixels,
+        )
     if width * height > limits.max_pixels:
         raise invalid_video(
             f"video frames are {width}x{height}; this server accepts at most "
@@ -102,6 +114,7 @@ class FrameSource(abc.ABC):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.decoded = 0  # frames decoded so far (tests and benchmarks count them)
 
     @property
     def frame_count(self) -> int:
@@ -137,7 +150,13 @@ class ContainerFrames(FrameSource):
 
         self._handle: MediaHandle | None = handle
         try:
-            self._container = av.open(handle.proc_path, metadata_errors="ignore")
+            # FFmpeg decodes a frame or two while probing the streams: even then it may not
+            # decode one much larger than the server accepts.
+            self._container = av.open(
+                handle.proc_path,
+                metadata_errors="ignore",
+                options={"max_pixels": str(_decoder_pixel_limit(limits.max_pixels))},
+            )
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise invalid_video(
                 f"the file is not a readable video (supported: {SUPPORTED}); it may be "
@@ -161,8 +180,7 @@ class ContainerFrames(FrameSource):
         # frame much larger than the probed size is ever decoded (FFmpeg's max_pixels; decoders
         # count aligned, padded sizes, hence the margin; read() refuses any other size).
         context.thread_count = 1
-        limit = max(2 * width * height, (width + 256) * (height + 256))
-        context.options = {"max_pixels": str(limit)}
+        context.options = {"max_pixels": str(_decoder_pixel_limit(width * height))}
         timestamps, keys = self._index(limits)
         if not timestamps:
             raise invalid_video("the video has no frames")
@@ -246,6 +264,11 @@ class ContainerFrames(FrameSource):
             logger.debug("demuxing stopped early at a damaged packet", exc_info=True)
         return timestamps, keys
 
+    @property
+    def key_frames(self) -> list[int]:
+        """Indices of the key frames (random access decodes from the one before a frame)."""
+        return list(self._key_indices)
+
     def _key_before(self, index: int) -> int:
         return self._key_indices[bisect.bisect_right(self._key_indices, index) - 1]
 
@@ -275,6 +298,8 @@ class ContainerFrames(FrameSource):
                 first = next(self._seek(timestamp), None)
             except av.FFmpegError:
                 continue
+            if first is not None:
+                self.decoded += 1
             if first is not None and first.pts is not None and first.pts <= key_pts:
                 self._pending = first
                 self._valid_from = key
@@ -283,12 +308,15 @@ class ContainerFrames(FrameSource):
 
     def _next_frame(self) -> Any:
         """The decoder's next frame (first the one _restart_at looked at), or None at the end."""
-        if self._pending is not None:
+        if self._pending is not None:  # already counted by _restart_at
             frame, self._pending = self._pending, None
             return frame
         if self._decoded is None:
             return None
-        return next(self._decoded, None)
+        frame = next(self._decoded, None)
+        if frame is not None:
+            self.decoded += 1
+        return frame
 
     def _read(self, index: int, passed: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
         import av

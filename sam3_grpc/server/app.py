@@ -65,7 +65,9 @@ class Sam3Server:
                 max_entries=settings.cache_size, max_bytes=settings.cache_max_bytes
             ),
             health=HealthState(SERVICE_NAMES),
-            cpu_pool=CpuPool(settings.cpu_workers, settings.cpu_queue_size),
+            cpu_pool=CpuPool(
+                settings.cpu_workers, settings.cpu_queue_size, settings.cpu_max_wait_s
+            ),
         )
         self.sessions = SessionManager(self.runtime)
         self.runtime.sessions = self.sessions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -38,7 +39,7 @@ class StatusServicer(pb_grpc.StatusServiceServicer):
         stats = runtime.executor.stats()
         cache = runtime.cache
         # Reading memory may touch the driver; keep it off the event loop.
-        memory = await runtime.on_cpu(runtime.engine.memory)
+        memory = await asyncio.to_thread(runtime.engine.memory)  # not the CPU pool: it may be full
         sessions = runtime.sessions
         return pb.GetServerStatusResponse(
             model_name=info.name,

@@ -149,7 +149,11 @@ def test_cancel_storm(start_server, tmp_path):
                 readers.submit(_read_stream, call, release)
             expected_depth = len(segments) + len(streams)  # one first step per stream
             wait_for(
-                lambda expected=expected_depth: queue_status(server).depth == expected,
+                # In the queue itself, every image decoded (none still holding a reserved slot).
+                lambda expected=expected_depth: (
+                    queue_status(server).depth == expected
+                    and len(server.server.executor._queue) == expected
+                ),
                 what=f"round {round_index}: everything queued",
             )
             doomed = [c for c in segments + streams if c.plan == "queued"]

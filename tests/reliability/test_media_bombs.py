@@ -104,11 +104,11 @@ IMAGE_BOMBS = {
     "png header only": (b"\x89PNG\r\n\x1a\n", ""),
 }
 VIDEO_BOMBS = {
-    "ffv1 16000x16000 in the headers": (avi_declaring(width=16000, height=16000), "16000x16000"),
-    "ffv1 8000x8000 in the headers": (avi_declaring(width=8000, height=8000), "8000x8000"),
+    "ffv1 16000x16000 in the headers": (avi_declaring(width=16000, height=16000), "pixels"),
+    "ffv1 8000x8000 in the headers": (avi_declaring(width=8000, height=8000), "pixels"),
     "mjpeg 8000x8000 in headers and frames": (
         avi_declaring(width=8000, height=8000, codec="MJPG", patch_jpeg=True),
-        "8000x8000",
+        "pixels",
     ),
     "mjpeg 30000x30000 in headers and frames": (
         avi_declaring(width=30000, height=30000, codec="MJPG", patch_jpeg=True),
