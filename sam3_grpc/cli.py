@@ -50,6 +50,19 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_cluster(subparsers) -> None:
+    from sam3_grpc import cluster
+
+    parser = subparsers.add_parser(
+        "cluster",
+        help="run N replicas behind Envoy on one port (one per device)",
+        description=(cluster.__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    cluster.add_arguments(parser)
+    parser.set_defaults(handler=cluster.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3-grpc", description="gRPC service for Meta's SAM 3 segmentation and tracking."
@@ -57,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sam3-grpc {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_serve(subparsers)
+    _add_cluster(subparsers)
     from sam3_grpc.client.commands import add_client_commands
 
     add_client_commands(subparsers)

@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import inspect
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -53,7 +55,27 @@ def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
         packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(packed)
     status = status_pb2.Status(code=code_pb2.Code.Value(code), message=message, details=details)
-    return rpc_status.to_status(status)
+    rich = rpc_status.to_status(status)
+    if retry_after is None:
+        return rich
+    return _Status(rich.code, rich.details, (*rich.trailing_metadata, *pushback(retry_after)))
+
+
+def pushback(retry_after_s: float) -> tuple[tuple[str, str], ...]:
+    """The retry delay again, for what cannot read RetryInfo inside grpc-status-details-bin:
+    gRPC's own `grpc-retry-pushback-ms` (honoured by gRPC clients' retry policies) and
+    `retry-after` in whole seconds, rounded up (what Envoy's rate_limited_retry_back_off reads;
+    deploy/envoy/envoy.yaml)."""
+    return (
+        ("grpc-retry-pushback-ms", str(max(0, round(retry_after_s * 1000)))),
+        ("retry-after", str(max(1, math.ceil(retry_after_s)))),
+    )
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status
+):
+    """What context.abort reads (grpc.Status is abstract; grpcio-status does the same)."""
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
