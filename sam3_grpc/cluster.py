@@ -443,8 +443,7 @@ class Cluster:
             time.sleep(0.05)
         self.write_port_file()
         logger.info(
-            "sam3-grpc cluster serving on %s:%d: %d replicas behind Envoy (admin on "
-            "127.0.0.1:%d)",
+            "sam3-grpc cluster serving on %s:%d: %d replicas behind Envoy (admin on 127.0.0.1:%d)",
             self.args.host,
             self.port,
             len(self.replicas),
@@ -471,6 +470,7 @@ class Cluster:
             "host": self.args.host,
             "admin_port": int(self.admin.base.rsplit(":", 1)[1]),
             "pid": os.getpid(),
+            "envoy_pid": self.envoy.pid if self.envoy else None,
             "replicas": [
                 {
                     "index": replica.index,

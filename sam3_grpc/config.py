@@ -150,7 +150,7 @@ _FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag(
         "port_file",
-        "Once health is first SERVING, write {\"port\": N, \"host\": ..., \"pid\": ...} "
+        'Once health is first SERVING, write {"port": N, "host": ..., "pid": ...} '
         "here as JSON (atomically: a reader never sees a partial file); removed at shutdown. "
         "A machine-readable readiness signal for launchers (use it with --port 0).",
         metavar="PATH",

@@ -79,7 +79,9 @@ class HealthState:
         still = [name for name, status in statuses.items() if status == SERVING]
         if statuses[""] == SERVING or not still:
             return overall
-        return f"{overall} (queue full: shedding new image calls; still SERVING: {', '.join(still)})"
+        return (
+            f"{overall} (queue full: shedding new image calls; still SERVING: {', '.join(still)})"
+        )
 
     async def set_ready(self) -> None:
         self.ready = True
