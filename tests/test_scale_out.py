@@ -28,9 +28,8 @@ from scale_out_support import (
     wait_for,
 )
 from test_executor import segment_request
-from test_video import upload_requests
 
-from sam3_grpc.v1 import common_pb2, video_service_pb2_grpc
+from sam3_grpc.v1 import common_pb2, segmentation_service_pb2_grpc
 from sam3_grpc.v1 import video_service_pb2 as pb
 
 pytestmark = [pytest.mark.envoy, needs_envoy]
@@ -80,17 +79,28 @@ def prompt(session_id: str, text: str = "red") -> pb.AddPromptRequest:
 
 
 class ImageLoad:
-    """Threads sending SegmentImage through Envoy until stopped (bounded in count), recording
-    every outcome."""
+    """Threads sending SegmentImage (distinct images: no cache hits) until stopped, bounded in
+    count, recording every outcome. With `pause_when_full`, a RESOURCE_EXHAUSTED is expected
+    (the load is meant to fill a queue): counted, then retried after that pause."""
 
-    def __init__(self, stub, threads: int = 3, max_calls: int = 3000) -> None:
+    def __init__(
+        self,
+        stub,
+        threads: int = 3,
+        max_calls: int = 3000,
+        first_seed: int = 0,
+        pause_when_full: float | None = None,
+    ) -> None:
         self.stub = stub
         self.ok = 0
+        self.full = 0
         self.errors: list[tuple[grpc.StatusCode, str]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sent = 0
         self._max = max_calls
+        self._seed = first_seed
+        self._pause = pause_when_full
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def __enter__(self) -> ImageLoad:
@@ -104,14 +114,20 @@ class ImageLoad:
                 if self._sent >= self._max:
                     return
                 self._sent += 1
-                seed = self._sent
+                seed = self._seed + self._sent
             try:
                 self.stub.SegmentImage(segment_request(seed), timeout=20)
                 with self._lock:
                     self.ok += 1
             except grpc.RpcError as error:
+                full = error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 with self._lock:
-                    self.errors.append((error.code(), error.details()))
+                    if full and self._pause is not None:
+                        self.full += 1
+                    else:
+                        self.errors.append((error.code(), error.details()))
+                if full and self._pause is not None:
+                    self._stop.wait(self._pause)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -191,44 +207,37 @@ def test_a_stale_routing_header_fails_fast_and_never_reaches_another_replica(clu
 
 
 # ----- load shedding ------------------------------------------------------------------------
-def test_a_shedding_replica_gets_no_image_calls_but_keeps_its_sessions(
-    new_cluster, clip, long_clip
-):
-    cluster = new_cluster("--queue-size", "2", "--synthetic-latency-ms", "40", drain_delay=1)
+def test_a_shedding_replica_gets_no_image_calls_but_keeps_its_sessions(new_cluster, clip):
+    # Long device steps (150 ms per image) and a short queue (3), so a few clients fill it.
+    cluster = new_cluster("--queue-size", "3", "--synthetic-latency-ms", "150", drain_delay=1)
     video = cluster.video
     session_id, pin = upload_via(video, clip)
     video.AddPrompt(prompt(session_id), metadata=pin.metadata, timeout=10)
     busy = pin.port
     others = [port for port in cluster.ports if port != busy]
+    served_before = {port: cluster.served(port) for port in cluster.ports}
 
-    # Other clients' propagations fill the busy replica's queue (1 running + 2 waiting).
+    # Other clients, connected to the busy replica directly, keep its queue full: 8 callers
+    # for 1 running + 3 waiting; a refused one waits 50 ms and tries again.
     direct = cluster.direct(busy)
-    direct_video = video_service_pb2_grpc.VideoServiceStub(direct)
-    streams = []
-    for _ in range(3):
-        reply = direct_video.UploadVideo(upload_requests(long_clip), timeout=30)
-        direct_video.AddPrompt(prompt(reply.session.session_id), timeout=10)
-        streams.append(
-            direct_video.Propagate(
-                pb.PropagateRequest(session_id=reply.session.session_id), timeout=60
-            )
-        )
-    readers = [threading.Thread(target=_drain, args=(s,), daemon=True) for s in streams]
-    for reader in readers:
-        reader.start()
-    try:
+    flood = ImageLoad(
+        segmentation_service_pb2_grpc.SegmentationServiceStub(direct),
+        threads=8,
+        first_seed=10_000,
+        pause_when_full=0.05,
+    )
+    with flood:
         wait_for(lambda: cluster.health(busy, SEGMENTATION) == NOT_SERVING, 20, "shedding")
         assert cluster.health(busy, VIDEO) == SERVING
         wait_for(lambda: not cluster.in_rotation("sam3_image", busy), 10, "out of rotation")
         assert cluster.in_rotation("sam3_video", busy)
 
-        before = {port: cluster.served(port) for port in cluster.ports}
-        for seed in range(30):
+        before = {port: cluster.served(port) for port in others}
+        for seed in range(20):
             assert cluster.segmentation.SegmentImage(segment_request(seed), timeout=20).results
         still_shedding = cluster.health(busy, SEGMENTATION) == NOT_SERVING
         assert still_shedding, "the flood ended too early for this test to mean anything"
-        assert cluster.served(busy) == before[busy]
-        assert sum(cluster.served(p) - before[p] for p in others) == 30
+        assert sum(cluster.served(p) - before[p] for p in others) == 20
 
         # Its session is still served by it: found there, and a prompt reaches it (accepted,
         # or refused by that replica's own full queue; never UNAVAILABLE from Envoy, never
@@ -238,23 +247,22 @@ def test_a_shedding_replica_gets_no_image_calls_but_keeps_its_sessions(
         )
         assert got.session.session_id == session_id
         listed = video.ListSessions(pb.ListSessionsRequest(), metadata=pin.metadata, timeout=10)
-        assert session_id in {s.session_id for s in listed.sessions}
+        assert {s.session_id for s in listed.sessions} == {session_id}
         error = failure_of(
             lambda: video.AddPrompt(prompt(session_id), metadata=pin.metadata, timeout=10)
         )
         if error is not None:
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
             assert "queue is full" in error.details()
-    finally:
-        for stream in streams:
-            stream.cancel()
-        for reader in readers:
-            reader.join(10)
-        direct.close()
+    direct.close()
+    assert flood.errors == [] and flood.full > 0, flood.errors[:3]
+    # Every image call the busy replica served came from the flood, none through Envoy.
+    assert cluster.served(busy) - served_before[busy] == flood.ok
+
     wait_for(lambda: cluster.in_rotation("sam3_image", busy), 20, "back in rotation")
     video.AddPrompt(prompt(session_id), metadata=pin.metadata, timeout=10)
     frames = video.Propagate(
-        pb.PropagateRequest(session_id=session_id), metadata=pin.metadata, timeout=30
+        pb.PropagateRequest(session_id=session_id), metadata=pin.metadata, timeout=60
     )
     assert len(list(frames)) == 12
     assert cluster.served(busy, VIDEO_METHOD + "Propagate") == 1
@@ -268,14 +276,6 @@ def failure_of(call) -> grpc.RpcError | None:
     except grpc.RpcError as error:
         return error
     return None
-
-
-def _drain(stream) -> None:
-    try:
-        for _ in stream:
-            pass
-    except grpc.RpcError:
-        pass  # cancelled at the end of the test
 
 
 # ----- restarts and crashes -----------------------------------------------------------------
