@@ -46,8 +46,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Flags of `serve` the launcher sets per replica (a value in the pass-through would collide).
 OWNED_SERVE_FLAGS = ("--host", "--port", "--device", "--upload-dir", "--port-file")
 LISTENER_NAME = "sam3_grpc"
-# Longer than Envoy's health check interval + timeout (+ jitter) in the template: a draining
-# replica leaves rotation before it refuses calls.
+# Longer than Envoy's health-check interval (1 s) + jitter + one reply in the template: a
+# draining replica leaves rotation before it refuses calls.
 DEFAULT_DRAIN_DELAY_S = 3.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER_S = 60.0  # a replica up this long starts again from the shortest back-off

@@ -157,7 +157,7 @@ def check_manifests(documents: list[dict], work: pathlib.Path) -> None:
     assert pod["terminationGracePeriodSeconds"] >= drain + grace + 5, (
         "terminationGracePeriodSeconds must cover --drain-delay + --grace + cleanup"
     )
-    assert drain >= 2, "--drain-delay must cover Envoy's 1 s health-check interval + timeout"
+    assert drain >= 2, "--drain-delay must cover Envoy's 1 s health-check interval and a reply"
     assert flags["port"] == "50051" and flags["host"] == "0.0.0.0"
     print("ok  replica pods: one GPU, gRPC health probes, termination covers drain + grace")
 

@@ -370,6 +370,19 @@ def test_a_killed_replica_fails_its_sessions_fast_and_nothing_else(new_cluster, 
     assert "was killed by SIGKILL" in cluster.log()
 
 
+def test_sighup_restarts_every_replica_in_turn_without_a_failed_call(new_cluster):
+    cluster = new_cluster("--grace", "2", "--synthetic-latency-ms", "5", drain_delay=2)
+    old_pids = {r["port"]: r["pid"] for r in cluster.info["replicas"]}
+    with ImageLoad(cluster.segmentation, threads=3) as load:
+        wait_for(lambda: all(cluster.served(p) > 0 for p in cluster.ports), 20, "load everywhere")
+        cluster.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "rolling restart done" in cluster.log(), 50, "the rolling restart")
+        wait_for(lambda: all(cluster.served(p) > 0 for p in cluster.ports), 20, "all rejoined")
+    assert load.errors == [], load.errors[:5]
+    replicas = cluster.refresh()["replicas"]
+    assert all(r["restarts"] == 1 and r["pid"] != old_pids[r["port"]] for r in replicas)
+
+
 # ----- the launcher -------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("flags", "message"),
