@@ -90,6 +90,7 @@ class ImageLoad:
         max_calls: int = 3000,
         first_seed: int = 0,
         pause_when_full: float | None = None,
+        pause: float = 0.005,
     ) -> None:
         self.stub = stub
         self.ok = 0
@@ -101,6 +102,7 @@ class ImageLoad:
         self._max = max_calls
         self._seed = first_seed
         self._pause = pause_when_full
+        self._between = pause  # leaves the 2 cores some room for the replicas and Envoy
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def __enter__(self) -> ImageLoad:
@@ -119,6 +121,7 @@ class ImageLoad:
                 self.stub.SegmentImage(segment_request(seed), timeout=20)
                 with self._lock:
                     self.ok += 1
+                self._stop.wait(self._between)
             except grpc.RpcError as error:
                 full = error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 with self._lock:
@@ -289,7 +292,7 @@ def test_rolling_restart_under_load_loses_no_image_call(new_cluster, clip):
     restarted = pin.port
     old_pid = cluster.replica(restarted)["pid"]
     outcomes: list[grpc.StatusCode] = []  # while it drains, its session is still served
-    with ImageLoad(cluster.segmentation, threads=3) as load:
+    with ImageLoad(cluster.segmentation, threads=3, max_calls=20_000) as load:
         wait_for(lambda: cluster.served(restarted) > 0, 20, "load reaching every replica")
         os.kill(old_pid, signal.SIGTERM)  # what Kubernetes or an operator sends
         # Its session ends with a clear code, never a hang (each call has a 5 s deadline):
@@ -336,7 +339,7 @@ def test_a_killed_replica_fails_its_sessions_fast_and_nothing_else(new_cluster, 
             if frames == 3:
                 os.kill(cluster.replica(victim.port)["pid"], signal.SIGKILL)
 
-    with ImageLoad(cluster.segmentation, threads=2) as load:
+    with ImageLoad(cluster.segmentation, threads=2, max_calls=20_000) as load:
         error = failure_of(read_and_kill)
         assert error is not None, "the stream outlived its replica"
         # A stream in flight is cut at once: Envoy resets it (gRPC reports the reset as
@@ -373,7 +376,7 @@ def test_a_killed_replica_fails_its_sessions_fast_and_nothing_else(new_cluster, 
 def test_sighup_restarts_every_replica_in_turn_without_a_failed_call(new_cluster):
     cluster = new_cluster("--grace", "2", "--synthetic-latency-ms", "5", drain_delay=2)
     old_pids = {r["port"]: r["pid"] for r in cluster.info["replicas"]}
-    with ImageLoad(cluster.segmentation, threads=3) as load:
+    with ImageLoad(cluster.segmentation, threads=3, max_calls=20_000) as load:
         wait_for(lambda: all(cluster.served(p) > 0 for p in cluster.ports), 20, "load everywhere")
         cluster.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "rolling restart done" in cluster.log(), 50, "the rolling restart")
