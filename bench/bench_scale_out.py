@@ -42,7 +42,9 @@ from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
 CALLS_IN_FLIGHT_PER_REPLICA = 4
 
 
-def start_cluster(replicas: int, latency_ms: float, directory: str) -> tuple[subprocess.Popen, dict]:
+def start_cluster(
+    replicas: int, latency_ms: float, directory: str
+) -> tuple[subprocess.Popen, dict]:
     port_file = os.path.join(directory, f"cluster-{replicas}.json")
     process = subprocess.Popen(
         [
@@ -144,7 +146,10 @@ def main() -> None:
     try:
         for n in (1, 2, 3):
             clusters[n] = start_cluster(n, args.latency_ms, directory)
-        channels = {n: grpc.insecure_channel(f"127.0.0.1:{info['port']}") for n, (_, info) in clusters.items()}
+        channels = {
+            n: grpc.insecure_channel(f"127.0.0.1:{info['port']}")
+            for n, (_, info) in clusters.items()
+        }
         batch = requests(4000, seed=1)
         # Warm every channel and Envoy connection pool.
         for n, channel in channels.items():
@@ -160,9 +165,11 @@ def main() -> None:
                 )
                 rates[n].append(rate)
                 failed += errors
-        print(f"\nThroughput through Envoy ({args.latency_ms:.0f} ms device time per image, "
-              f"{CALLS_IN_FLIGHT_PER_REPLICA} calls in flight per replica, median of "
-              f"{args.rounds} windows of {args.window_s:.0f} s; {failed} failed calls)\n")
+        print(
+            f"\nThroughput through Envoy ({args.latency_ms:.0f} ms device time per image, "
+            f"{CALLS_IN_FLIGHT_PER_REPLICA} calls in flight per replica, median of "
+            f"{args.rounds} windows of {args.window_s:.0f} s; {failed} failed calls)\n"
+        )
         print("| replicas | calls/s (median) | windows | scaling vs 1 replica | ideal |")
         print("|---|---|---|---|---|")
         base = statistics.median(rates[1])
