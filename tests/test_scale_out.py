@@ -9,6 +9,7 @@ client does (`ReplicaPin`).
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -41,9 +42,23 @@ SESSION_LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def media(tmp_path_factory) -> pathlib.Path:
+    """A media root shared by the replicas (as a shared volume would be), for StartSession."""
+    root = tmp_path_factory.mktemp("media")
+    clip_bytes(root / "clip.avi", frames=12)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, media):
     running = ClusterProcess(
-        tmp_path_factory.mktemp("cluster"), 3, "--synthetic-latency-ms", "10", drain_delay=1
+        tmp_path_factory.mktemp("cluster"),
+        3,
+        "--synthetic-latency-ms",
+        "10",
+        "--media-root",
+        str(media),
+        drain_delay=1,
     ).wait_ready()
     yield running
     assert running.stop() == 0, running.log()
@@ -189,6 +204,27 @@ def test_every_call_of_a_session_reaches_its_replica(cluster, clip):
             assert cluster.served(port, VIDEO_METHOD + method, "NOT_FOUND") == 0
         assert cluster.sessions_on(port) == set()
     assert cluster.retries("sam3_video") == retries_before
+
+
+def test_sessions_started_from_a_server_path_are_pinned_too(cluster):
+    video = cluster.video
+    started = {}
+    for _ in range(4):
+        reply, call = video.StartSession.with_call(
+            pb.StartSessionRequest(video_path="clip.avi"), timeout=30
+        )
+        started[reply.session.session_id] = ReplicaPin.of(call)
+    for session_id, pin in started.items():
+        assert session_id in cluster.sessions_on(pin.port)
+        video.AddPrompt(prompt(session_id), metadata=pin.metadata, timeout=10)
+        frames = video.Propagate(
+            pb.PropagateRequest(session_id=session_id), metadata=pin.metadata, timeout=30
+        )
+        assert len(list(frames)) == 12
+        video.CloseSession(
+            pb.CloseSessionRequest(session_id=session_id), metadata=pin.metadata, timeout=10
+        )
+    assert all(cluster.sessions_on(port) == set() for port in cluster.ports)
 
 
 def test_a_stale_routing_header_fails_fast_and_never_reaches_another_replica(cluster, clip):
