@@ -143,7 +143,7 @@ _FLAGS: tuple[_Flag, ...] = (
         "Seconds between SIGTERM/SIGINT and refusing new calls, during which health is "
         "already NOT_SERVING but calls are still served, so a balancer health-checking this "
         "server (Envoy, Kubernetes) takes it out of rotation first. 0 for a server used "
-        "directly; behind a balancer, at least its health-check interval plus timeout "
+        "directly; behind a balancer, longer than its health-check interval plus one reply "
         "(sam3-grpc cluster and deploy/kubernetes set it). A second signal ends it early.",
         float,
         metavar="SECONDS",
