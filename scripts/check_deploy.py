@@ -21,7 +21,12 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sam3_grpc.cluster import find_envoy, load_template, render_envoy_config, template_path  # noqa: E402
+from sam3_grpc.envoy_config import (  # noqa: E402 - after the sys.path line above
+    find_envoy,
+    load_template,
+    render_envoy_config,
+    template_path,
+)
 
 ENVOY_YAML = ROOT / "deploy" / "envoy" / "envoy.yaml"
 KUSTOMIZATION = ROOT / "deploy" / "kubernetes"

@@ -25,7 +25,7 @@ from helpers import disc_clip, write_video
 from prometheus_client.parser import text_string_to_metric_families
 from test_video import upload_requests
 
-from sam3_grpc.cluster import EnvoyAdmin, find_envoy
+from sam3_grpc.envoy_config import EnvoyAdmin, find_envoy
 from sam3_grpc.v1 import (
     segmentation_service_pb2_grpc,
     status_service_pb2_grpc,
