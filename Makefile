@@ -5,7 +5,7 @@ BUF ?= node_modules/.bin/buf
 # `make breaking` compares the protos with this git ref (default: the previous commit).
 BASE ?= HEAD~1
 
-.PHONY: venv lint format protos test test-fast breaking
+.PHONY: venv lint format protos test test-fast breaking check-deploy
 
 venv:
 	./scripts/install.sh
@@ -36,3 +36,7 @@ test:
 # Skips the tests that run Meta's sam3 code (marker `sam3`): seconds instead of minutes.
 test-fast:
 	$(PY) -m pytest -m "not sam3" -q
+
+# Offline checks of deploy/ (Envoy config, kustomize rendering, manifests); CI runs it.
+check-deploy:
+	PY=$(PY) ./scripts/check_deploy.sh

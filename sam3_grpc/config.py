@@ -30,6 +30,8 @@ class Settings:
     max_send_message_bytes: int = 64 * MiB
     reflection: bool = True
     grace_s: float = 10.0
+    drain_delay_s: float = 0.0
+    port_file: str | None = None
     # Model
     model: str = "sam3"
     device: str = "auto"
@@ -146,6 +148,23 @@ _FLAGS: tuple[_Flag, ...] = (
         "Seconds running calls get to finish on SIGTERM/SIGINT.",
         float,
         metavar="SECONDS",
+    ),
+    _Flag(
+        "drain_delay_s",
+        "Seconds between SIGTERM/SIGINT and refusing new calls, during which health is "
+        "already NOT_SERVING but calls are still served, so a balancer health-checking this "
+        "server (Envoy, Kubernetes) takes it out of rotation first. 0 for a server used "
+        "directly; behind a balancer, longer than its health-check interval plus one reply "
+        "(sam3-grpc cluster and deploy/kubernetes set it). A second signal ends it early.",
+        float,
+        metavar="SECONDS",
+    ),
+    _Flag(
+        "port_file",
+        'Once health is first SERVING, write {"port": N, "host": ..., "pid": ...} '
+        "here as JSON (atomically: a reader never sees a partial file); removed at shutdown. "
+        "A machine-readable readiness signal for launchers (use it with --port 0).",
+        metavar="PATH",
     ),
     _Flag(
         "model",
@@ -474,6 +493,8 @@ def validate(settings: Settings) -> None:
         )
     if settings.upload_min_rate < 0:
         raise ValueError("--upload-min-rate cannot be negative")
+    if settings.drain_delay_s < 0:
+        raise ValueError("--drain-delay cannot be negative")
     if settings.job_timeout_s <= 0:
         raise ValueError("--job-timeout must be positive")
     if bool(settings.tls_cert) != bool(settings.tls_key):

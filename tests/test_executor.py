@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
@@ -60,6 +61,12 @@ def test_full_queue_is_rejected_at_once_with_retry_info(held_server):
     assert "queue is full" in error.details()
     info = retry_info(error)
     assert info is not None and info.retry_delay.ToNanoseconds() > 0
+    # The same delay for what cannot read RetryInfo: gRPC's pushback trailer in ms, and
+    # `retry-after` in whole seconds rounded up (read by Envoy's rate-limited retry back-off).
+    trailers = dict(error.trailing_metadata())
+    delay_ms = info.retry_delay.ToNanoseconds() / 1e6
+    assert abs(int(trailers["grpc-retry-pushback-ms"]) - delay_ms) <= 1
+    assert int(trailers["retry-after"]) == max(1, math.ceil(delay_ms / 1000))
     gate.release()
     for future in [running, *queued]:
         assert len(future.result(timeout=30).results[0].detections) == 1

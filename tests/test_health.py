@@ -1,7 +1,9 @@
-"""grpc.health.v1: readiness, load shedding with hysteresis, shutdown; reflection listing."""
+"""grpc.health.v1: readiness, load shedding with hysteresis (per service), drain and shutdown;
+reflection listing."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -16,6 +18,8 @@ from test_executor import segment_request, wait_until
 
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.server.app import SERVICE_NAMES
+
+SEGMENTATION, VIDEO, STATUS = SERVICE_NAMES
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -78,7 +82,10 @@ def test_health_lifecycle_from_loading_to_shutdown():
         ]
         wait_until(lambda: check(server) == NOT_SERVING)
         assert seen.get(timeout=10) == NOT_SERVING
-        assert check(server, SERVICE_NAMES[0]) == NOT_SERVING
+        assert check(server, SEGMENTATION) == NOT_SERVING
+        # Only new image work is shed: a session lives here, so its calls must keep coming.
+        assert check(server, VIDEO) == SERVING
+        assert check(server, STATUS) == SERVING
         gate.release()
         for future in futures:
             future.result(timeout=30)
@@ -128,4 +135,27 @@ def test_a_load_longer_than_the_job_timeout_is_not_a_wedged_engine():
         assert server.segmentation.SegmentImage(segment_request(), timeout=10).results
     finally:
         engine.may_load.set()
+        server.stop()
+
+
+def test_drain_delay_turns_every_service_not_serving_while_calls_are_still_served():
+    engine = SyntheticEngine()
+    server = launch(engine, drain_delay_s=30.0)
+    try:
+        for name in ("", *SERVICE_NAMES):
+            assert check(server, name) == SERVING
+        stopping = asyncio.run_coroutine_threadsafe(server.server.stop(1.0), server.loop)
+        wait_until(lambda: check(server) == NOT_SERVING)
+        for name in SERVICE_NAMES:
+            assert check(server, name) == NOT_SERVING
+        # Draining: a balancer is taking this replica out, but a call that still arrives is
+        # served rather than refused.
+        assert server.segmentation.SegmentImage(segment_request(3), timeout=10).results
+        assert not stopping.done()
+        server.server.cut_drain()  # what a second SIGTERM does
+        stopping.result(30)
+        with pytest.raises(grpc.RpcError) as refused:
+            server.segmentation.SegmentImage(segment_request(4), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
         server.stop()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -117,6 +119,49 @@ def test_serve_then_sigterm_exits_cleanly():
         rest = process.stderr.read()
         assert process.wait(timeout=30) == 0
         assert "NOT_SERVING" in rest and "stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_port_file_is_written_once_serving_and_removed_at_shutdown(tmp_path):
+    """The machine-readable readiness signal `sam3-grpc cluster` relies on."""
+    port_file = tmp_path / "port.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sam3_grpc.cli",
+            "serve",
+            "--model",
+            "synthetic",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--metrics-port",
+            "0",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert process.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "no port file"
+            time.sleep(0.02)
+        info = json.loads(port_file.read_text())
+        assert info["pid"] == process.pid and info["metrics_port"] > 0
+        with grpc.insecure_channel(f"127.0.0.1:{info['port']}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        # Written only once SERVING: the first check already says so.
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert [p.name for p in tmp_path.iterdir()] == ["port.json"]  # no temporary left
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert not port_file.exists()
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,5 +1,6 @@
-"""The `sam3-grpc` command: `serve` runs the server; `segment`, `track`, `status` and `health`
-talk to one. One module per command; `common.py` holds what the client commands share."""
+"""The `sam3-grpc` command: `serve` runs the server, `cluster` runs several behind Envoy;
+`segment`, `track`, `status` and `health` talk to one. One module per command; `common.py`
+holds what the client commands share."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ __all__ = ["EXIT_OK", "EXIT_SERVER_ERROR", "EXIT_USAGE", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sam3_grpc.cli import segment, serve, status, track
+    from sam3_grpc.cli import cluster, segment, serve, status, track
 
     parser = argparse.ArgumentParser(
         prog="sam3-grpc", description="gRPC service for Meta's SAM 3 segmentation and tracking."
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sam3-grpc {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     serve.add_parser(subparsers)
+    cluster.add_parser(subparsers)
     segment.add_parser(subparsers)
     track.add_parser(subparsers)
     status.add_status_parser(subparsers)

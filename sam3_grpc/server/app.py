@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import signal
+import tempfile
 import time
 
 import grpc
@@ -47,6 +51,7 @@ SERVICE_NAMES = (
     video_service_pb2.DESCRIPTOR.services_by_name["VideoService"].full_name,
     status_service_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
 )
+SEGMENTATION_SERVICE, VIDEO_SERVICE, STATUS_SERVICE = SERVICE_NAMES
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
 
 
@@ -64,7 +69,8 @@ class Sam3Server:
             cache=EmbeddingCache(
                 max_entries=settings.cache_size, max_bytes=settings.cache_max_bytes
             ),
-            health=HealthState(SERVICE_NAMES),
+            # Only new image work is shed; session calls keep reaching this replica.
+            health=HealthState(SERVICE_NAMES, shed_by=(SEGMENTATION_SERVICE,)),
             cpu_pool=CpuPool(
                 settings.cpu_workers, settings.cpu_queue_size, settings.cpu_max_wait_s
             ),
@@ -107,6 +113,7 @@ class Sam3Server:
         self.metrics_port: int | None = None
         self._watchdog: asyncio.Task | None = None
         self._stopped = False
+        self._drain_cut = asyncio.Event()
 
     async def start(self) -> None:
         runtime = self.runtime
@@ -144,16 +151,28 @@ class Sam3Server:
                 info.name,
             )
         await runtime.health.set_ready()
+        if self.settings.port_file:
+            write_port_file(self.settings.port_file, self)
         # Watched from here on: loading a large checkpoint may rightly take longer than a job.
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_executor())
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let running ones finish within grace seconds,
-        close every session and delete uploads, then stop the executor."""
+    async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """Health NOT_SERVING; keep serving for `drain` seconds (--drain-delay) so balancers
+        stop sending calls first; then refuse new calls, let running ones finish within grace
+        seconds, close every session and delete uploads, then stop the executor."""
         if self._stopped:
             return
         self._stopped = True
         grace = self.settings.grace_s if grace is None else grace
+        drain = self.settings.drain_delay_s if drain is None else drain
+        if self.settings.port_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.port_file)
+        if drain > 0 and self.runtime.health.accepting:
+            await self.runtime.health.drain()
+            logger.info("draining: health NOT_SERVING, calls still served for %.1f s", drain)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drain_cut.wait(), drain)
         await self.runtime.health.shutdown()
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -162,6 +181,10 @@ class Sam3Server:
         self.executor.stop(timeout=grace)
         self.runtime.cpu_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
+
+    def cut_drain(self) -> None:
+        """Ends a drain delay in progress at once (a second SIGTERM/SIGINT)."""
+        self._drain_cut.set()
 
     async def _watch_executor(self) -> None:
         """Marks the engine wedged (health NOT_SERVING, queue failed) when a job overruns
@@ -189,6 +212,27 @@ def memory_budget(settings: Settings, engine: Engine) -> MemoryBudget:
         memory = engine.memory()
         device = int(0.8 * max(0, memory.total_bytes - memory.used_bytes))
     return MemoryBudget(host, device)
+
+
+def write_port_file(path: str, server: Sam3Server) -> None:
+    """Atomically (write, then rename in the same directory): a launcher polling for the file
+    never reads a partial one."""
+    content = {
+        "port": server.port,
+        "host": server.settings.host,
+        "pid": os.getpid(),
+        "metrics_port": server.metrics_port,
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".port-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(content, handle)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -251,7 +295,12 @@ async def serve(settings: Settings) -> None:
             await stopping
         else:
             starting.cancel()
-        logger.info("shutting down (grace %.1f s)", settings.grace_s)
+        # A second signal cuts the drain delay short.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, server.cut_drain)
+        logger.info(
+            "shutting down (drain %.1f s, grace %.1f s)", settings.drain_delay_s, settings.grace_s
+        )
     finally:
         await server.stop()
     logger.info("stopped")

@@ -1,16 +1,26 @@
-"""Readiness and load shedding through the standard grpc.health.v1 service.
+"""Readiness and load shedding through the standard grpc.health.v1 service, per service name.
 
-Every service (and "", the whole server) is NOT_SERVING until the engine is loaded and warmed up.
-While the executor queue is full they go NOT_SERVING so balancers send traffic elsewhere, and
-return to SERVING once the queue has drained below half (hysteresis avoids flapping). On shutdown
-everything goes NOT_SERVING for good.
+Two kinds of service name, so a balancer can treat new image work and pinned session calls apart:
+
+- "" (the whole server) and the services that put new work on the queue without a session
+  (`shed_by`: SegmentationService) are SERVING only while the server is ready, not draining, not
+  wedged, and its queue is not full. While the executor queue is full they go NOT_SERVING so
+  balancers send new image calls elsewhere, and return to SERVING once the queue has drained
+  below half (hysteresis avoids flapping).
+- Every other service (VideoService, StatusService) stays SERVING while the server only sheds:
+  a video session lives on this replica, so its calls must keep reaching it (a balancer that
+  pins sessions checks these names).
+
+Everything is NOT_SERVING until the engine is loaded and warmed up, while the engine is wedged,
+while draining before a shutdown (calls are still served then, so a balancer can take the replica
+out of rotation before it refuses anything) and, for good, on shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from grpc_health.v1 import health_pb2
 
@@ -24,32 +34,62 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthState:
-    def __init__(self, service_names: Sequence[str]) -> None:
+    def __init__(self, service_names: Sequence[str], *, shed_by: Collection[str] = ()) -> None:
         self.servicer = health_aio.HealthServicer()
         self._names = ("", *service_names)
+        self._shed_by = {"", *shed_by}
         self.ready = False
         self.shedding = False
+        self.draining = False
         self.shutting_down = False
         self.wedged = False
-        self._published: int | None = None
+        self._published: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
     @property
+    def accepting(self) -> bool:
+        """Ready for calls at all (sessions included), whatever the queue depth."""
+        return self.ready and not self.draining and not self.shutting_down and not self.wedged
+
+    @property
     def serving(self) -> bool:
-        return self.ready and not self.shedding and not self.shutting_down and not self.wedged
+        """The whole server ("") is SERVING: accepting, and the queue has room."""
+        return self.accepting and not self.shedding
+
+    def status_of(self, name: str) -> int:
+        if not self.accepting or (self.shedding and name in self._shed_by):
+            return NOT_SERVING
+        return SERVING
 
     async def publish(self) -> None:
         async with self._lock:
-            status = SERVING if self.serving else NOT_SERVING
-            if status == self._published:
+            statuses = {name: self.status_of(name) for name in self._names}
+            if statuses == self._published:
                 return
-            for name in self._names:
-                await self.servicer.set(name, status)
-            self._published = status
-            logger.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            for name, status in statuses.items():
+                if self._published.get(name) != status:
+                    await self.servicer.set(name, status)
+            self._published = statuses
+            logger.info("health: %s", self._describe(statuses))
+
+    def _describe(self, statuses: dict[str, int]) -> str:
+        # "SERVING" or "NOT_SERVING" when every name agrees (what operators and scripts grep
+        # for), else the names still SERVING.
+        overall = health_pb2.HealthCheckResponse.ServingStatus.Name(statuses[""])
+        still = [name for name, status in statuses.items() if status == SERVING]
+        if statuses[""] == SERVING or not still:
+            return overall
+        return (
+            f"{overall} (queue full: shedding new image calls; still SERVING: {', '.join(still)})"
+        )
 
     async def set_ready(self) -> None:
         self.ready = True
+        await self.publish()
+
+    async def drain(self) -> None:
+        """NOT_SERVING everywhere while calls are still served (before a shutdown)."""
+        self.draining = True
         await self.publish()
 
     async def shutdown(self) -> None:

@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import inspect
 import logging
+import math
 import re
 import time
 import uuid
@@ -105,7 +107,28 @@ def to_rpc_status(exc: BaseException, method: str) -> grpc.Status:
         message=redact_paths(error.message),
         details=details,
     )
-    return rpc_status.to_status(status)
+    rich = rpc_status.to_status(status)
+    if error.retry_after_s is None:
+        return rich
+    trailers = (*rich.trailing_metadata, *pushback(error.retry_after_s))
+    return _Status(rich.code, rich.details, trailers)
+
+
+def pushback(retry_after_s: float) -> tuple[tuple[str, str], ...]:
+    """The retry delay again, for what cannot read RetryInfo inside grpc-status-details-bin:
+    gRPC's own `grpc-retry-pushback-ms` (honoured by gRPC clients' retry policies) and
+    `retry-after` in whole seconds, rounded up (what Envoy's rate_limited_retry_back_off reads;
+    deploy/envoy/envoy.yaml)."""
+    return (
+        ("grpc-retry-pushback-ms", str(max(0, round(retry_after_s * 1000)))),
+        ("retry-after", str(max(1, math.ceil(retry_after_s)))),
+    )
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status
+):
+    """What context.abort reads (grpc.Status is abstract; grpcio-status does the same)."""
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
