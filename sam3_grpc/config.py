@@ -81,7 +81,8 @@ class Settings:
     auth_exempt_probes: bool = True
     insecure: bool = False
     # HTTP/2 and robustness
-    max_concurrent_streams: int = 128
+    max_concurrent_streams: int = 1024
+    max_calls_per_connection: int = 128
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     min_ping_interval_s: float = 10.0
@@ -353,7 +354,18 @@ _FLAGS: tuple[_Flag, ...] = (
         _bool,
         metavar="BOOL",
     ),
-    _Flag("max_concurrent_streams", "HTTP/2 streams one connection may have open at once.", int),
+    _Flag(
+        "max_concurrent_streams",
+        "HTTP/2 streams one connection may have open at once (a transport limit; keep it above "
+        "--max-calls-per-connection so extra calls get a status rather than a reset stream).",
+        int,
+    ),
+    _Flag(
+        "max_calls_per_connection",
+        "Calls one connection may have in progress; more are refused with RESOURCE_EXHAUSTED "
+        "and a RetryInfo (health checks and reflection are exempt).",
+        int,
+    ),
     _Flag(
         "keepalive_time_s",
         "Seconds between server keepalive pings on idle connections.",
@@ -476,6 +488,7 @@ def validate(settings: Settings) -> None:
         "max_video_pixels",
         "max_sessions",
         "stream_buffer_frames",
+        "max_calls_per_connection",
         "max_concurrent_uploads",
         "max_text_chars",
         "opencv_threads",

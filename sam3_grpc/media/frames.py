@@ -39,7 +39,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from sam3_grpc.domain import VideoInfo
-from sam3_grpc.errors import DataLoss, InvalidArgument, Reason, ServiceError
+from sam3_grpc.errors import DataLoss, FailedPrecondition, InvalidArgument, Reason, ServiceError
 from sam3_grpc.media.images import ImageLimits, decode_image, image_size
 from sam3_grpc.media.paths import MediaHandle, open_trusted
 
@@ -113,7 +113,8 @@ class FrameSource(abc.ABC):
     info: VideoInfo
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one read at a time; close waits for the read in flight
+        self._closed = False
         self.decoded = 0  # frames decoded so far (tests and benchmarks count them)
 
     @property
@@ -130,15 +131,27 @@ class FrameSource(abc.ABC):
                 reason=Reason.FRAME_OUT_OF_RANGE,
             )
         with self._lock:
+            if self._closed:
+                raise FailedPrecondition(
+                    "the session's video is closed", reason=Reason.SESSION_NOT_FOUND
+                )
             return self._read(index, passed)
 
     @abc.abstractmethod
     def _read(self, index: int, passed: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
         """Called under the lock."""
 
-    @abc.abstractmethod
     def close(self) -> None:
-        """Releases the file(s); idempotent."""
+        """Releases the file(s), once no read is in flight (a decoder must never lose its
+        stream mid-frame); idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._release()
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Called once, under the lock."""
 
 
 class ContainerFrames(FrameSource):
@@ -353,7 +366,7 @@ class ContainerFrames(FrameSource):
         self._next = -1
         raise unreadable_frame(index, "it is missing from the stream")
 
-    def close(self) -> None:
+    def _release(self) -> None:
         container = getattr(self, "_container", None)
         if container is not None:
             container.close()
@@ -422,7 +435,7 @@ class FolderFrames(FrameSource):
             )
         return frame
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._folder.close()
 
 
@@ -504,7 +517,7 @@ class FrameWindow(Generic[T]):
 
     def _read(self, index: int) -> T:
         if self.closed:
-            raise InvalidArgument("the video is closed", reason=Reason.SESSION_NOT_FOUND)
+            raise FailedPrecondition("the video is closed", reason=Reason.SESSION_NOT_FOUND)
         start = index
         keep_from = index - self.capacity + 1  # frames just before k, for a backward walk
 

@@ -25,6 +25,7 @@ from sam3_grpc.server.executor import DeviceExecutor
 from sam3_grpc.server.health import HealthState
 from sam3_grpc.server.interceptors import (
     AuthInterceptor,
+    ConnectionLimitInterceptor,
     ErrorMappingInterceptor,
     ObservingInterceptor,
     load_tokens,
@@ -80,7 +81,10 @@ class Sam3Server:
         self.metrics = Metrics()
         self.runtime.metrics = self.metrics
         self.metrics.attach(self.runtime)
-        interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(self.metrics)]
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ObservingInterceptor(self.metrics),
+            ConnectionLimitInterceptor(settings.max_calls_per_connection),
+        ]
         if settings.auth_token_file:
             interceptors.append(
                 AuthInterceptor(
@@ -181,6 +185,11 @@ class Sam3Server:
         self.executor.stop(timeout=grace)
         self.runtime.cpu_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
+        # Calls gRPC cancelled at the end of the grace period (health watchers) end here, in
+        # the loop, instead of being torn down with it, which gRPC logs as unhandled errors.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=1.0)
 
     def cut_drain(self) -> None:
         """Ends a drain delay in progress at once (a second SIGTERM/SIGINT)."""
@@ -188,9 +197,11 @@ class Sam3Server:
 
     async def _watch_executor(self) -> None:
         """Marks the engine wedged (health NOT_SERVING, queue failed) when a job overruns
-        --job-timeout, and healthy again if that job ever returns."""
+        --job-timeout, and healthy again if that job ever returns; turns image health
+        NOT_SERVING while the CPU pool is saturated."""
         limit = self.settings.job_timeout_s
         health = self.runtime.health
+        cpu = self.runtime.cpu_pool
         while True:
             await asyncio.sleep(min(1.0, limit / 4))
             running = self.executor.running_for()
@@ -199,6 +210,7 @@ class Sam3Server:
             if health.wedged != self.executor.wedged:
                 health.wedged = self.executor.wedged
                 await health.publish()
+            await health.on_cpu(cpu.saturated, cpu.caught_up)
 
 
 def memory_budget(settings: Settings, engine: Engine) -> MemoryBudget:

@@ -59,6 +59,11 @@ class CpuPool(concurrent.futures.Executor):
     def saturated(self) -> bool:
         return self._backlog >= self.capacity or self.oldest_wait() > self.max_wait_s
 
+    @property
+    def caught_up(self) -> bool:
+        """Well clear of saturation (half the backlog, half the wait): health recovers."""
+        return self._backlog < self.capacity / 2 and self.oldest_wait() < self.max_wait_s / 2
+
     def admit(self) -> None:
         """Refuses a new request while the pool is saturated (before any work is done for it)."""
         if not self.saturated:

@@ -4,9 +4,10 @@ Two kinds of service name, so a balancer can treat new image work and pinned ses
 
 - "" (the whole server) and the services that put new work on the queue without a session
   (`shed_by`: SegmentationService) are SERVING only while the server is ready, not draining, not
-  wedged, and its queue is not full. While the executor queue is full they go NOT_SERVING so
-  balancers send new image calls elsewhere, and return to SERVING once the queue has drained
-  below half (hysteresis avoids flapping).
+  wedged, its queue is not full and its CPU workers keep up. While the executor queue is full
+  or the CPU pool is saturated (see cpu.py) they go NOT_SERVING so balancers send new image
+  calls elsewhere, and return to SERVING once the queue has drained below half and the CPU pool
+  has caught up (hysteresis avoids flapping).
 - Every other service (VideoService, StatusService) stays SERVING while the server only sheds:
   a video session lives on this replica, so its calls must keep reaching it (a balancer that
   pins sessions checks these names).
@@ -39,12 +40,18 @@ class HealthState:
         self._names = ("", *service_names)
         self._shed_by = {"", *shed_by}
         self.ready = False
-        self.shedding = False
+        self.queue_full = False
+        self.cpu_saturated = False
         self.draining = False
         self.shutting_down = False
         self.wedged = False
         self._published: dict[str, int] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def shedding(self) -> bool:
+        """New image work is being refused: the device queue is full or the CPU pool is."""
+        return self.queue_full or self.cpu_saturated
 
     @property
     def accepting(self) -> bool:
@@ -79,9 +86,8 @@ class HealthState:
         still = [name for name, status in statuses.items() if status == SERVING]
         if statuses[""] == SERVING or not still:
             return overall
-        return (
-            f"{overall} (queue full: shedding new image calls; still SERVING: {', '.join(still)})"
-        )
+        why = "queue full" if self.queue_full else "CPU workers saturated"
+        return f"{overall} ({why}: shedding new image calls; still SERVING: {', '.join(still)})"
 
     async def set_ready(self) -> None:
         self.ready = True
@@ -98,10 +104,21 @@ class HealthState:
 
     def on_queue_depth(self, depth: int, capacity: int) -> None:
         """Executor depth listener (runs on the event loop)."""
-        if not self.shedding and depth >= capacity:
-            self.shedding = True
-        elif self.shedding and depth < capacity / 2:
-            self.shedding = False
+        if not self.queue_full and depth >= capacity:
+            self.queue_full = True
+        elif self.queue_full and depth < capacity / 2:
+            self.queue_full = False
         else:
             return
         asyncio.get_running_loop().create_task(self.publish())
+
+    async def on_cpu(self, saturated: bool, caught_up: bool) -> None:
+        """CPU pool watcher (the server's watchdog, every second): NOT_SERVING for image calls
+        once saturated, SERVING again only once it has caught up."""
+        if not self.cpu_saturated and saturated:
+            self.cpu_saturated = True
+        elif self.cpu_saturated and caught_up:
+            self.cpu_saturated = False
+        else:
+            return
+        await self.publish()

@@ -312,6 +312,73 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return rewrap(handler, method, refuse_unary, refuse_stream)
 
 
+# ----- calls per connection ------------------------------------------------------------------
+class ConnectionLimitInterceptor(grpc.aio.ServerInterceptor):
+    """At most `limit` calls in progress per connection (peer address); the next ones are
+    refused with RESOURCE_EXHAUSTED (TOO_MANY_CALLS) and a RetryInfo, which clients retry and
+    which is logged and counted like any call. The HTTP/2 stream limit stays above this one, so
+    extra calls never end as anonymous "stream removed" resets. Probes are exempt."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._calls: collections.Counter[str] = collections.Counter()
+
+    def _wrap(self, behavior, method, streaming: bool):
+        error = ResourceExhausted(
+            f"this connection already has {self.limit} calls in progress "
+            "(--max-calls-per-connection); retry shortly or open another connection",
+            reason=Reason.TOO_MANY_CALLS,
+            metadata={"limit": self.limit},
+            retry_after_s=0.5,
+        )
+        calls = self._calls
+
+        @contextlib.contextmanager
+        def admitted(context):
+            peer = context.peer()
+            if calls[peer] >= self.limit:
+                yield False
+                return
+            calls[peer] += 1
+            try:
+                yield True
+            finally:
+                calls[peer] -= 1
+                if not calls[peer]:
+                    del calls[peer]
+
+        if streaming and inspect.isasyncgenfunction(behavior):
+
+            async def stream_wrapper(request_or_iterator, context):
+                with admitted(context) as ok:
+                    if not ok:
+                        await abort_with(context, error, method)
+                    async for response in behavior(request_or_iterator, context):
+                        yield response
+
+            return stream_wrapper
+
+        async def unary_wrapper(request_or_iterator, context):
+            with admitted(context) as ok:
+                if not ok:
+                    await abort_with(context, error, method)
+                return await behavior(request_or_iterator, context)
+
+        return unary_wrapper
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PROBE_PREFIXES):
+            return handler
+        return rewrap(
+            handler,
+            method,
+            lambda behavior, name: self._wrap(behavior, name, streaming=False),
+            lambda behavior, name: self._wrap(behavior, name, streaming=True),
+        )
+
+
 # ----- observation ---------------------------------------------------------------------------
 def _session_id(message: Any) -> str:
     session_id = getattr(message, "session_id", "")
@@ -330,6 +397,13 @@ class _CallRecord:
         self.session_id = ""
 
 
+def _client_left(context, outcome: BaseException | None) -> bool:
+    """The caller cancelled or went away: whatever the handler was answering (an upload cut
+    short looks incomplete), the call ended as CANCELLED for it. Sending a status to a gone
+    client fails inside gRPC with ExecuteBatchError."""
+    return context.cancelled() or type(outcome).__name__ == "ExecuteBatchError"
+
+
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """One log line and the request metrics per call (health checks log at DEBUG)."""
 
@@ -337,7 +411,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         self.metrics = metrics
 
     def _finish(self, record: _CallRecord, context, outcome: BaseException | None) -> None:
-        if isinstance(outcome, asyncio.CancelledError):
+        if isinstance(outcome, asyncio.CancelledError) or _client_left(context, outcome):
             code = grpc.StatusCode.CANCELLED
         elif outcome is None or isinstance(outcome, grpc.aio.AbortError):
             code = context.code() or grpc.StatusCode.OK

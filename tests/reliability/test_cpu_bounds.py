@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import RED, Gate, blank, encode
 from PIL import Image
-from reliability_support import wait_for
+from reliability_support import NOT_SERVING, SERVING, health, wait_for
 from test_hostile_media import reason_of, still_serves
 
 from sam3_grpc.engines.synthetic import SyntheticEngine
@@ -20,6 +20,7 @@ from sam3_grpc.v1 import common_pb2, status_service_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 
 SEGMENT = "/sam3_grpc.v1.SegmentationService/SegmentImage"
+IMAGES = "sam3_grpc.v1.SegmentationService"
 
 
 def segment_request(data: bytes, **output) -> seg_pb.SegmentImageRequest:
@@ -132,10 +133,16 @@ def test_saturated_cpu_workers_refuse_new_requests(start_server, monkeypatch):
         assert reason_of(caught.value) == "CPU_BUSY"
         cpu = status(server).cpu
         assert cpu.rejected >= 1 and cpu.capacity == 2 and cpu.workers == 1
+        # Balancers see it: image calls NOT_SERVING, session calls still SERVING.
+        wait_for(
+            lambda: health(server.channel, IMAGES) == NOT_SERVING, what="image health shedding"
+        )
+        assert health(server.channel, "sam3_grpc.v1.VideoService") == SERVING
     finally:
         proceed.set()
     for call in held:
         assert call.result().results
+    wait_for(lambda: health(server.channel, IMAGES) == SERVING, what="image health back")
 
 
 # ----- item 16: a reply over the size limit ----------------------------------------------------

@@ -19,8 +19,8 @@ from helpers import BLUE, RED, blank, disc_clip, draw_rect, encode, write_frame_
 from reliability_support import SERVING, health
 
 from sam3_grpc.engines.synthetic import SyntheticEngine
-from sam3_grpc.errors import InvalidArgument
-from sam3_grpc.media.frames import FrameLimits, open_frames
+from sam3_grpc.errors import FailedPrecondition, InvalidArgument
+from sam3_grpc.media.frames import FrameLimits, open_frames, open_window
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import video_service_pb2 as pb
@@ -281,6 +281,33 @@ def test_the_probe_decodes_at_most_the_first_frame_and_the_last_group(tmp_path):
     # Past --max-frames the probe stops demuxing and refuses; nothing is decoded.
     with pytest.raises(InvalidArgument, match="more than 100 frames"):
         open_frames(str(tmp_path / "cut.avi"), FrameLimits(max_frames=100, max_pixels=10**6))
+
+
+def test_closing_a_window_while_it_decodes_waits_for_the_frame(tmp_path):
+    """A session closed (or expired) while a prefetch thread decodes: the decoder must not lose
+    its stream mid-frame (PyAV crashed the process here); the reader gets a clean error."""
+    images = [blank(64, 48) for _ in range(120)]
+    path = write_video(tmp_path / "clip.avi", images)
+    for _ in range(20):
+        window = open_window(path, lambda frame: frame, capacity=4)
+        errors: list[BaseException] = []
+
+        def read_all(window=window, errors=errors):
+            try:
+                for index in range(len(window)):
+                    window.get(index)
+            except FailedPrecondition as error:
+                errors.append(error)
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        time.sleep(0.002)
+        window.close()
+        reader.join(timeout=30)
+        assert not reader.is_alive()
+        assert not errors or "closed" in str(errors[0])
+    with pytest.raises(FailedPrecondition, match="closed"):
+        window.get(0)
 
 
 # ----- item 10: no server path in any reply ----------------------------------------------------
