@@ -350,6 +350,34 @@ class FakeReplica:
         def session(session_id):
             return pb.Session(session_id=session_id, video=pb.VideoInfo(frame_count=2))
 
+        def queue_full(context):
+            """What the server sends when its device queue is full."""
+            from google.protobuf import any_pb2, duration_pb2
+            from google.rpc import code_pb2, error_details_pb2, status_pb2
+            from grpc_status import rpc_status
+
+            details = []
+            for detail in (
+                error_details_pb2.ErrorInfo(
+                    reason="QUEUE_FULL", domain="sam3_grpc", metadata={"capacity": "64"}
+                ),
+                error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=600_000_000)),
+            ):
+                packed = any_pb2.Any()
+                packed.Pack(detail)
+                details.append(packed)
+            status = status_pb2.Status(
+                code=code_pb2.RESOURCE_EXHAUSTED, message="queue full", details=details
+            )
+            context.abort_with_status(rpc_status.to_status(status))
+
+        def busy(request, context) -> None:
+            """Session "busy": the first call about it of each method finds the queue full."""
+            method = calls[-1]["method"]
+            tries = sum(c["method"] == method and c["session_id"] == "busy" for c in calls)
+            if request.session_id == "busy" and tries == 1:
+                queue_full(context)
+
         class Servicer(pb_grpc.VideoServiceServicer):
             def StartSession(self, request, context):
                 seen("StartSession", request, context)
@@ -365,6 +393,7 @@ class FakeReplica:
 
             def AddPrompt(self, request, context):
                 seen("AddPrompt", request, context)
+                busy(request, context)
                 return pb.AddPromptResponse()
 
             def RemoveObject(self, request, context):
@@ -381,6 +410,7 @@ class FakeReplica:
 
             def GetSession(self, request, context):
                 seen("GetSession", request, context)
+                busy(request, context)
                 return pb.GetSessionResponse(session=session(request.session_id))
 
             def ListSessions(self, request, context):
@@ -480,3 +510,46 @@ def test_node_client_follows_the_session_route_and_default_deadlines(node, tmp_p
         assert remaining is not None and seconds / 2 < remaining <= seconds, (calls[index], seconds)
     for index in (4, 7, 12):  # the streams have none, even with a client-wide timeout
         assert deadline(index) is None, calls[index]
+
+
+RETRIES = textwrap.dedent("""
+    const { Sam3Client } = require('./client');
+    (async () => {
+      const client = new Sam3Client(process.argv[1]);
+      const out = {};
+      const started = Date.now();
+      out.got = (await client.getSession('busy')).session_id;  // safe: retried after RetryInfo
+      out.waited_ms = Date.now() - started;
+      try {
+        await client.addPrompt('busy', 0, 'red');  // not safe: never retried
+      } catch (error) {
+        out.add_prompt = {
+          code: error.codeName, reason: error.reason, metadata: error.metadata,
+          retry_after_ms: error.retryAfterMs,
+        };
+      }
+      client.close();
+      console.log(JSON.stringify(out));
+    })().catch((error) => { console.error(error); process.exit(1); });
+""")
+
+
+def test_node_client_retries_only_safe_calls_after_retry_info(node):
+    replica = FakeReplica()
+    try:
+        done = run_node(node, "-e", RETRIES, f"127.0.0.1:{replica.port}")
+    finally:
+        replica.stop()
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["got"] == "busy"
+    # It waited the server's RetryInfo delay (its own first backoff is at most 240 ms).
+    assert out["waited_ms"] >= 600
+    assert out["add_prompt"] == {
+        "code": "RESOURCE_EXHAUSTED",
+        "reason": "QUEUE_FULL",
+        "metadata": {"capacity": "64"},
+        "retry_after_ms": 600,
+    }
+    methods = [c["method"] for c in replica.calls]
+    assert methods == ["GetSession", "GetSession", "AddPrompt"]
