@@ -5,7 +5,7 @@ BUF ?= node_modules/.bin/buf
 # `make breaking` compares the protos with this git ref (default: the previous commit).
 BASE ?= HEAD~1
 
-.PHONY: venv lint format protos test test-fast breaking check-deploy
+.PHONY: venv lint format protos typescript test test-fast breaking check-deploy
 
 venv:
 	./scripts/install.sh
@@ -28,6 +28,10 @@ protos:
 
 breaking:
 	./scripts/buf_breaking.sh $(BASE)
+
+# Generates TypeScript from protos/ (buf.gen.yaml) and compiles it with strict tsc.
+typescript:
+	./scripts/check_typescript.sh
 
 # The README's test command: installs what it needs, then every test.
 test:

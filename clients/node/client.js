@@ -6,7 +6,10 @@
  * cancel the stream); uploadVideo() streams a file from disk in chunks. Messages use the
  * field names of the .proto files (snake_case); enums are strings; 64-bit integers are
  * Numbers; bytes are Buffers. Failed calls reject with a Sam3Error carrying the status code,
- * the server's message and, when the server sent a google.rpc.RetryInfo, retryAfterMs.
+ * the server's message, the machine-readable reason of its google.rpc.ErrorInfo, the field
+ * violations of its google.rpc.BadRequest and, when it sent a google.rpc.RetryInfo,
+ * retryAfterMs. Every call has a default deadline suited to its method (DEFAULT_TIMEOUTS_MS);
+ * behind Envoy, each session's routing header is kept and sent back on every call about it.
  */
 
 const crypto = require('node:crypto');
@@ -26,7 +29,7 @@ const PROTO_FILES = [
 ];
 const LOADER_OPTIONS = {
   keepCase: true, // field names exactly as in the .proto files
-  longs: Number, // uint64 sizes and counts fit a double comfortably
+  longs: Number, // int64 sizes and counts fit a double comfortably
   enums: String,
   defaults: true,
   oneofs: true, // e.g. mask.data === 'rle_counts' | 'png'
@@ -34,7 +37,37 @@ const LOADER_OPTIONS = {
 const MiB = 1024 * 1024;
 const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.RESOURCE_EXHAUSTED]);
 
-// google.rpc.Status and RetryInfo, to read the rich error details the server sends.
+/**
+ * Default deadline of each method in milliseconds, used when neither the call nor the client
+ * sets one; null: no deadline. The same numbers as the Python client's DEFAULT_TIMEOUTS:
+ * generous where a real model on a CPU is slow (a text prompt on a video frame can take
+ * minutes), none for the upload and propagation streams, which the server bounds itself (idle,
+ * rate and total limits on uploads; cancellation and flow control on propagation).
+ */
+const DEFAULT_TIMEOUTS_MS = Object.freeze({
+  SegmentImage: 300000,
+  StartSession: 120000,
+  UploadVideo: null,
+  AddPrompt: 600000,
+  RemoveObject: 120000,
+  ResetSession: 120000,
+  Propagate: null,
+  GetSession: 30000,
+  ListSessions: 30000,
+  CloseSession: 60000,
+  GetServerStatus: 30000,
+  Check: 30000,
+});
+const FALLBACK_TIMEOUT_MS = 30000;
+
+/**
+ * The response header with which Envoy's stateful session filter names the replica that holds
+ * a session (header-based session state); sent back on every later call about that session.
+ */
+const ROUTING_HEADER = 'x-sam3-replica';
+
+// google.rpc.Status and the details the server sends (RetryInfo, ErrorInfo, BadRequest), to
+// read the rich error status without a generated googleapis package.
 const richStatus = protobuf.Root.fromJSON({
   nested: {
     google: {
@@ -55,6 +88,21 @@ const richStatus = protobuf.Root.fromJSON({
               },
             },
             RetryInfo: { fields: { retry_delay: { type: 'google.protobuf.Duration', id: 1 } } },
+            ErrorInfo: {
+              fields: {
+                reason: { type: 'string', id: 1 },
+                domain: { type: 'string', id: 2 },
+                metadata: { keyType: 'string', type: 'string', id: 3 },
+              },
+            },
+            BadRequest: {
+              fields: { field_violations: { rule: 'repeated', type: 'FieldViolation', id: 1 } },
+              nested: {
+                FieldViolation: {
+                  fields: { field: { type: 'string', id: 1 }, description: { type: 'string', id: 2 } },
+                },
+              },
+            },
           },
         },
       },
@@ -63,42 +111,107 @@ const richStatus = protobuf.Root.fromJSON({
 });
 const StatusMessage = richStatus.lookupType('google.rpc.Status');
 const RetryInfoMessage = richStatus.lookupType('google.rpc.RetryInfo');
+const ErrorInfoMessage = richStatus.lookupType('google.rpc.ErrorInfo');
+const BadRequestMessage = richStatus.lookupType('google.rpc.BadRequest');
 
 const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
-/** A failed call: code (number), codeName ('NOT_FOUND'...), details, retryAfterMs or null. */
+/**
+ * A failed call.
+ *   code          the gRPC status code (a number; grpc.status.NOT_FOUND...)
+ *   codeName      'NOT_FOUND', 'INVALID_ARGUMENT'...
+ *   details       the server's message, for people
+ *   reason        why, for programs: google.rpc.ErrorInfo.reason, the name of a
+ *                 sam3_grpc.v1.ErrorReason value without its prefix ('QUEUE_FULL',
+ *                 'SESSION_NOT_FOUND'...); null when the status did not come from the server
+ *                 (connection failure, deadline on the wire...)
+ *   domain        ErrorInfo.domain ('sam3_grpc') or null
+ *   metadata      ErrorInfo.metadata, an object of strings (e.g. {limit: '16'})
+ *   fieldViolations  [{field, description}] from google.rpc.BadRequest (INVALID_ARGUMENT), e.g.
+ *                 field 'prompts[0].points[0].point'
+ *   retryAfterMs  the delay the server suggests before a retry (google.rpc.RetryInfo), or null
+ *   fromServer    true when the server sent a rich status (google.rpc.Status)
+ *   target        the address the call went to
+ * Branch on `reason`, never on the message.
+ */
 class Sam3Error extends Error {
-  constructor(code, details, retryAfterMs = null, target = '') {
+  constructor(code, details, {
+    retryAfterMs = null, target = '', reason = null, domain = null, metadata = {},
+    fieldViolations = [], fromServer = false,
+  } = {}) {
     super(`${CODE_NAMES[code] || code}: ${details}`);
     this.name = 'Sam3Error';
     this.code = code;
     this.codeName = CODE_NAMES[code] || String(code);
     this.details = details;
+    this.reason = reason;
+    this.domain = domain;
+    this.metadata = { ...metadata };
+    this.fieldViolations = fieldViolations.map(({ field, description }) => ({ field, description }));
     this.retryAfterMs = retryAfterMs;
+    this.fromServer = fromServer;
     this.target = target;
   }
 }
 
+/** The details of a rich google.rpc.Status (grpc-status-details-bin) as Sam3Error options. */
+function richDetails(raw) {
+  const status = StatusMessage.decode(raw);
+  const found = { fromServer: true, message: status.message };
+  for (const any of status.details) {
+    const type = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
+    if (type === 'google.rpc.RetryInfo') {
+      const delay = RetryInfoMessage.decode(any.value).retry_delay || {};
+      found.retryAfterMs = Number(delay.seconds || 0) * 1000 + (delay.nanos || 0) / 1e6;
+    } else if (type === 'google.rpc.ErrorInfo') {
+      const info = ErrorInfoMessage.decode(any.value);
+      found.reason = info.reason;
+      found.domain = info.domain;
+      found.metadata = { ...info.metadata };
+    } else if (type === 'google.rpc.BadRequest') {
+      found.fieldViolations = BadRequestMessage.decode(any.value).field_violations;
+    }
+  }
+  return found;
+}
+
 function toSam3Error(error, target) {
   if (error instanceof Sam3Error || error.code === undefined) return error;
-  let retryAfterMs = null;
   let details = error.details || CODE_NAMES[error.code] || 'error';
+  let options = {};
   const raw = error.metadata && error.metadata.get('grpc-status-details-bin');
   if (raw && raw.length) {
     try {
-      const status = StatusMessage.decode(raw[0]);
-      if (status.message) details = status.message;
-      for (const any of status.details) {
-        if (any.type_url.endsWith('/google.rpc.RetryInfo')) {
-          const delay = RetryInfoMessage.decode(any.value).retry_delay || {};
-          retryAfterMs = Number(delay.seconds || 0) * 1000 + (delay.nanos || 0) / 1e6;
-        }
-      }
+      const { message, ...rest } = richDetails(raw[0]);
+      if (message) details = message;
+      options = rest;
     } catch (_) {
       // A malformed detail leaves the plain status.
     }
   }
-  return new Sam3Error(error.code, details, retryAfterMs, target);
+  return new Sam3Error(error.code, details, { ...options, target });
+}
+
+/** The routing header in a call's initial metadata, or null. */
+function routeIn(metadata) {
+  const values = metadata ? metadata.get(ROUTING_HEADER) : [];
+  return values.length ? String(values[0]) : null;
+}
+
+/**
+ * The deadline of a call in milliseconds (null: none): the call's own timeoutMs, else the
+ * client's, else the method's default. Streams pass clientMs undefined: a client-wide timeout
+ * is for unary calls.
+ */
+function timeoutFor(method, callMs, clientMs) {
+  if (callMs !== undefined) return callMs;
+  if (clientMs !== undefined) return clientMs;
+  return method in DEFAULT_TIMEOUTS_MS ? DEFAULT_TIMEOUTS_MS[method] : FALLBACK_TIMEOUT_MS;
+}
+
+/** A grpc-js deadline (a Date.now() time, or Infinity) from a timeout (null or 0: none). */
+function deadlineAfter(ms) {
+  return ms ? Date.now() + ms : Infinity;
 }
 
 /** Loads the sam3_grpc.v1 package (and grpc.health.v1) from the .proto files. */
@@ -112,36 +225,44 @@ function loadApi(protoRoot = DEFAULT_PROTO_ROOT) {
 }
 
 /**
- * Decodes a COCO compressed RLE counts string into a row-major Uint8Array of height*width
- * (1 inside the mask), the same as pycocotools' mask.decode.
+ * Decodes Mask.rle_counts, COCO compressed RLE as specified in protos/sam3_grpc/v1/common.proto,
+ * into a row-major Uint8Array of height*width (1 inside the mask), the same as pycocotools'
+ * mask.decode. Throws a RangeError when the string is not a valid RLE of that size.
  */
 function decodeRle(counts, height, width) {
+  const total = height * width;
   const runs = [];
   let p = 0;
   while (p < counts.length) {
-    let x = 0;
-    let k = 0;
-    let more = true;
-    while (more) {
-      const c = counts.charCodeAt(p) - 48;
-      x += (c & 0x1f) * 2 ** (5 * k);
-      more = (c & 0x20) !== 0;
+    // One variable-length integer: 5 bits per character, least significant group first.
+    let number = 0;
+    let read = 0;
+    let v;
+    do {
+      if (p >= counts.length) throw new RangeError('RLE counts end inside a number');
+      v = counts.charCodeAt(p) - 48;
+      if (v < 0 || v > 63) throw new RangeError(`RLE counts hold an invalid character at ${p}`);
+      number += (v & 0x1f) * 2 ** (5 * read);
       p += 1;
-      k += 1;
-      if (!more && (c & 0x10)) x -= 2 ** (5 * k);
-    }
-    if (runs.length > 2) x += runs[runs.length - 2];
-    runs.push(x);
+      read += 1;
+    } while (v & 0x20);
+    if (v & 0x10) number -= 2 ** (5 * read); // sign extension
+    const i = runs.length;
+    const run = i > 2 ? number + runs[i - 2] : number;
+    if (run < 0) throw new RangeError(`RLE run ${i} is negative`);
+    runs.push(run);
   }
-  const mask = new Uint8Array(height * width);
-  let index = 0; // column-major position
+  const sum = runs.reduce((a, b) => a + b, 0);
+  if (sum !== total) throw new RangeError(`RLE runs cover ${sum} pixels, the mask has ${total}`);
+  const mask = new Uint8Array(total);
+  let start = 0; // column-major position: pixel (x, y) is x * height + y
   runs.forEach((run, i) => {
     if (i % 2 === 1) {
-      for (let j = index; j < index + run; j += 1) {
+      for (let j = start; j < start + run; j += 1) {
         mask[(j % height) * width + Math.floor(j / height)] = 1;
       }
     }
-    index += run;
+    start += run;
   });
   return mask;
 }
@@ -211,15 +332,20 @@ class Sam3Client {
    * @param {object} [options]
    * @param {grpc.ChannelCredentials} [options.credentials] e.g. grpc.credentials.createSsl(ca)
    * @param {string} [options.token] sent as 'authorization: Bearer <token>'
-   * @param {number} [options.timeoutMs=30000] deadline of unary calls (retries included)
+   * @param {number|null} [options.timeoutMs] one deadline for every unary call (retries
+   *   included) instead of the per-method defaults of DEFAULT_TIMEOUTS_MS; null: none.
+   *   Streams (uploadVideo, propagate) only take a per-call timeoutMs.
    * @param {number} [options.maxAttempts=3] attempts of safe calls on UNAVAILABLE/RESOURCE_EXHAUSTED
    * @param {number} [options.maxMessageBytes=64 MiB]
    * @param {string} [options.protoRoot] directory holding sam3_grpc/v1/*.proto
    */
   constructor(target = 'localhost:50051', options = {}) {
     this.target = target;
-    this.timeoutMs = options.timeoutMs === undefined ? 30000 : options.timeoutMs;
+    this.timeoutMs = options.timeoutMs;
     this.maxAttempts = options.maxAttempts || 3;
+    // session id -> routing header value (ROUTING_HEADER) of each session this client opened.
+    // Set an entry to follow a session opened elsewhere.
+    this.routes = new Map();
     const api = loadApi(options.protoRoot);
     const credentials = options.credentials || grpc.credentials.createInsecure();
     const maxBytes = options.maxMessageBytes || 64 * MiB;
@@ -240,28 +366,48 @@ class Sam3Client {
     this.segmentation.close();
   }
 
-  _deadline(timeoutMs) {
-    const ms = timeoutMs === undefined ? this.timeoutMs : timeoutMs;
-    return ms ? Date.now() + ms : Infinity;
+  /** The call metadata: the token, and the session's routing header when it has one. */
+  _metadataFor(sessionId) {
+    const route = sessionId === undefined ? undefined : this.routes.get(sessionId);
+    if (route === undefined) return this.metadata;
+    const metadata = this.metadata.clone();
+    metadata.set(ROUTING_HEADER, route);
+    return metadata;
   }
 
-  _call(stub, method, request, deadline) {
+  /**
+   * A session from a reply: the routing header of that reply (a new session's, or a changed
+   * one) is remembered, and the session carries the route it is pinned to (null: none).
+   */
+  _pinned(session, route) {
+    if (route) this.routes.set(session.session_id, route);
+    return { ...session, route: this.routes.get(session.session_id) || null };
+  }
+
+  _call(stub, method, request, { deadline, sessionId, onRoute }) {
     return new Promise((resolve, reject) => {
-      stub[method](request, this.metadata, { deadline }, (error, response) => {
+      const call = stub[method](request, this._metadataFor(sessionId), { deadline }, (error, response) => {
         if (error) reject(toSam3Error(error, this.target));
         else resolve(response);
       });
+      if (onRoute) call.on('metadata', (metadata) => onRoute(routeIn(metadata)));
     });
   }
 
-  /** A unary call; safe ones are retried on UNAVAILABLE/RESOURCE_EXHAUSTED within the deadline,
-   * waiting the server's RetryInfo delay when it sent one. */
-  async _unary(stub, method, request, { safe = false, timeoutMs } = {}) {
-    const deadline = this._deadline(timeoutMs);
+  /**
+   * A unary call within its deadline (DEFAULT_TIMEOUTS_MS unless the call or the client sets
+   * one); safe ones are retried on UNAVAILABLE/RESOURCE_EXHAUSTED within that deadline,
+   * waiting the server's RetryInfo delay when it sent one. sessionId: the session the call is
+   * about (its routing header is sent). onRoute(route): the reply's routing header.
+   */
+  async _unary(stub, method, request, {
+    safe = false, timeoutMs, sessionId, onRoute,
+  } = {}) {
+    const deadline = deadlineAfter(timeoutFor(method, timeoutMs, this.timeoutMs));
     for (let attempt = 1; ; attempt += 1) {
       try {
         // eslint-disable-next-line no-await-in-loop
-        return await this._call(stub, method, request, deadline);
+        return await this._call(stub, method, request, { deadline, sessionId, onRoute });
       } catch (error) {
         const last = !safe || attempt >= this.maxAttempts || !RETRYABLE.has(error.code);
         const delay = error.retryAfterMs !== null && error.retryAfterMs !== undefined
@@ -272,6 +418,15 @@ class Sam3Client {
         await sleep(delay);
       }
     }
+  }
+
+  /** A unary call about one session whose reply holds that session ({session}). */
+  async _sessionCall(method, sessionId, request, options) {
+    let route = null;
+    const response = await this._unary(this.video, method, request, {
+      ...options, sessionId, onRoute: (value) => { route = value; },
+    });
+    return this._pinned(response.session, route);
   }
 
   /**
@@ -285,10 +440,12 @@ class Sam3Client {
     return this._unary(this.segmentation, 'SegmentImage', request, { safe: true, timeoutMs: options.timeoutMs });
   }
 
-  /** Opens a session on a video inside the server's media root. Resolves to a Session. */
-  async startSession(videoPath, { timeoutMs } = {}) {
-    const response = await this._unary(this.video, 'StartSession', { video_path: videoPath }, { timeoutMs });
-    return response.session;
+  /**
+   * Opens a session on a video inside the server's media root. Resolves to a Session
+   * ({session_id, video, ..., route}).
+   */
+  startSession(videoPath, { timeoutMs } = {}) {
+    return this._sessionCall('StartSession', undefined, { video_path: videoPath }, { timeoutMs });
   }
 
   /**
@@ -302,14 +459,16 @@ class Sam3Client {
     let digest = '';
     if (options.sha256 === undefined || options.sha256 === true) digest = await sha256File(filePath);
     else if (typeof options.sha256 === 'string') digest = options.sha256.toLowerCase();
-    const deadline = options.timeoutMs ? Date.now() + options.timeoutMs : Infinity;
+    const deadline = deadlineAfter(timeoutFor('UploadVideo', options.timeoutMs, undefined));
     let call;
+    let route = null;
     const done = new Promise((resolve, reject) => {
       call = this.video.UploadVideo(this.metadata, { deadline }, (error, response) => {
         if (error) reject(toSam3Error(error, this.target));
         else resolve(response);
       });
     });
+    call.on('metadata', (metadata) => { route = routeIn(metadata); });
     const send = async () => {
       call.write({ metadata: { filename: path.basename(filePath), size_bytes: size, sha256: digest } });
       let sent = 0;
@@ -326,30 +485,29 @@ class Sam3Client {
       throw error;
     });
     const [response] = await Promise.all([done, sending]);
-    return response.session;
+    return this._pinned(response.session, route);
   }
 
-  /** Adds a prompt on a frame; options: objectId (refine an object), output options. */
+  /** Adds a prompt on a frame; options: objectId (refine an object), output options, timeoutMs. */
   addPrompt(sessionId, frameIndex, prompt, options = {}) {
     const request = { session_id: sessionId, frame_index: frameIndex, prompt: toPrompt(prompt), output: toOutput(options) };
     if (options.objectId !== undefined && options.objectId !== null) request.object_id = options.objectId;
-    return this._unary(this.video, 'AddPrompt', request, { timeoutMs: options.timeoutMs });
+    return this._unary(this.video, 'AddPrompt', request, { timeoutMs: options.timeoutMs, sessionId });
   }
 
-  async removeObject(sessionId, objectId, { timeoutMs } = {}) {
-    const response = await this._unary(this.video, 'RemoveObject', { session_id: sessionId, object_id: objectId }, { timeoutMs });
-    return response.session;
+  removeObject(sessionId, objectId, { timeoutMs } = {}) {
+    return this._sessionCall('RemoveObject', sessionId, { session_id: sessionId, object_id: objectId }, { timeoutMs });
   }
 
-  async resetSession(sessionId, { timeoutMs } = {}) {
-    const response = await this._unary(this.video, 'ResetSession', { session_id: sessionId }, { safe: true, timeoutMs });
-    return response.session;
+  resetSession(sessionId, { timeoutMs } = {}) {
+    return this._sessionCall('ResetSession', sessionId, { session_id: sessionId }, { safe: true, timeoutMs });
   }
 
   /**
    * Tracks every object through the video: an async iterator of PropagateResponse
    * ({frame, frames_done, frames_total}). Breaking out of `for await` cancels the stream.
-   * options: direction ('forward'|'backward'|'both'), startFrameIndex, maxFrames, output options.
+   * options: direction ('forward'|'backward'|'both'), startFrameIndex, maxFrames, output
+   * options, timeoutMs (default: none).
    */
   async* propagate(sessionId, options = {}) {
     const request = {
@@ -361,8 +519,8 @@ class Sam3Client {
     if (options.startFrameIndex !== undefined && options.startFrameIndex !== null) {
       request.start_frame_index = options.startFrameIndex;
     }
-    const deadline = options.timeoutMs ? Date.now() + options.timeoutMs : Infinity;
-    const call = this.video.Propagate(request, this.metadata, { deadline });
+    const deadline = deadlineAfter(timeoutFor('Propagate', options.timeoutMs, undefined));
+    const call = this.video.Propagate(request, this._metadataFor(sessionId), { deadline });
     let finished = false;
     try {
       for await (const response of call) yield response;
@@ -378,20 +536,29 @@ class Sam3Client {
     }
   }
 
-  async getSession(sessionId, { timeoutMs } = {}) {
-    const response = await this._unary(this.video, 'GetSession', { session_id: sessionId }, { safe: true, timeoutMs });
-    return response.session;
+  getSession(sessionId, { timeoutMs } = {}) {
+    return this._sessionCall('GetSession', sessionId, { session_id: sessionId }, { safe: true, timeoutMs });
   }
 
+  /** Every open session on the server; those this client opened carry their route. */
   async listSessions({ timeoutMs } = {}) {
     const response = await this._unary(this.video, 'ListSessions', {}, { safe: true, timeoutMs });
-    return response.sessions;
+    return response.sessions.map((session) => this._pinned(session, null));
   }
 
-  /** Closes a session; resolves to false when it was already closed. */
+  /**
+   * Closes a session; resolves to false when it was already closed. The session's route is
+   * forgotten once the server has answered (or says the session does not exist).
+   */
   async closeSession(sessionId, { timeoutMs } = {}) {
-    const response = await this._unary(this.video, 'CloseSession', { session_id: sessionId }, { safe: true, timeoutMs });
-    return response.closed;
+    try {
+      const response = await this._unary(this.video, 'CloseSession', { session_id: sessionId }, { safe: true, timeoutMs, sessionId });
+      this.routes.delete(sessionId);
+      return response.closed;
+    } catch (error) {
+      if (error.code === grpc.status.NOT_FOUND) this.routes.delete(sessionId);
+      throw error;
+    }
   }
 
   /**
@@ -426,5 +593,12 @@ class Sam3Client {
 }
 
 module.exports = {
-  Sam3Client, Sam3Error, decodeRle, loadApi, grpc,
+  Sam3Client,
+  Sam3Error,
+  decodeRle,
+  loadApi,
+  grpc,
+  DEFAULT_TIMEOUTS_MS,
+  ROUTING_HEADER,
+  timeoutFor,
 };

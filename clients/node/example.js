@@ -97,6 +97,7 @@ async function main() {
       const video = {};
       await client.withSession({ upload: args.video, onProgress: (sent) => { uploaded = sent; } }, async (session) => {
         video.session_id = session.session_id;
+        video.route = session.route; // the replica pin behind Envoy, null without a proxy
         video.frame_count = session.video.frame_count;
         video.uploaded_bytes = uploaded;
         log(`session ${session.session_id}: ${session.video.frame_count} frames `
@@ -130,6 +131,11 @@ async function main() {
 }
 
 main().catch((error) => {
-  process.stderr.write(`example.js: ${error.message}\n`);
+  // A Sam3Error names why (error.reason) and, for a bad request, the offending fields.
+  const why = error.reason ? ` [${error.reason}]` : '';
+  process.stderr.write(`example.js: ${error.message}${why}\n`);
+  for (const { field, description } of error.fieldViolations || []) {
+    process.stderr.write(`  ${field}: ${description}\n`);
+  }
   process.exit(1);
 });
