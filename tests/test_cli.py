@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -30,12 +31,18 @@ def run(capsys, *argv):
     return code, captured.out, captured.err
 
 
+# What `track` prints on stderr besides errors when stderr is not a terminal.
+PROGRESS_LINE = re.compile(r"^(upload|propagate): |^prompt '.*' on frame \d+: ")
+
+
 def assert_one_line_error(err: str, command: str, *fragments: str) -> None:
+    """The error is one line, the last one; any line before it is a progress line."""
     lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"sam3-grpc {command}: error: "), lines[0]
+    assert lines, err
+    assert lines[-1].startswith(f"sam3-grpc {command}: error: "), err
+    assert all(PROGRESS_LINE.match(line) for line in lines[:-1]), err
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in lines[-1], lines[-1]
 
 
 @pytest.fixture(scope="module")
