@@ -363,8 +363,9 @@ def prompts_from_args(args: argparse.Namespace) -> list[Any]:
     prompts: list[Any] = []
     for text in args.prompt:
         if not text.strip():
+            spaces = " (only spaces)" if text else ""
             raise UsageError(
-                f"--prompt {text!r} is empty: give the words to look for, e.g. -p 'a dog'"
+                f"--prompt is empty{spaces}: give the words to look for, e.g. -p 'a dog'"
             )
         prompts.append(Prompt(text=text))
     for text in args.box:
