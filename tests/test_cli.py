@@ -689,6 +689,39 @@ def test_progress_on_a_terminal_is_a_bar():
     assert "\r" in text and "5/5" in text and "started" not in text
 
 
+def test_track_failing_mid_propagation_keeps_the_frames_received(
+    capsys, start_server, video, tmp_path
+):
+    engine = SyntheticEngine()
+    server = start_server(engine)
+    steps = []
+
+    def fail_on_the_fifth_frame(name: str) -> None:
+        if name == "propagate_step":
+            steps.append(name)
+            if len(steps) == 5:
+                raise RuntimeError("injected device fault")
+
+    engine.before_call = fail_on_the_fifth_frame
+    code, stdout, stderr = run(
+        capsys, "track", video[0], "-p", "red", "--server", server.target, "--out", str(tmp_path)
+    )
+    assert code == EXIT_SERVER_ERROR
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("sam3-grpc track: error: ") and "INTERNAL" in lines[-1]
+    assert lines[-2] == (
+        "sam3-grpc track: the propagation failed after 4 of 12 frames; the files above hold "
+        "the frames done"
+    )
+    assert "tracked 1 object over 4 of 12 frames" in stdout
+    with open(tmp_path / "moving_masks.json") as handle:
+        result = json.load(handle)
+    assert result["complete"] is False
+    assert [frame["frame_index"] for frame in result["frames"]] == [0, 1, 2, 3]
+    assert len(decode_video(tmp_path / "moving_overlay.mp4")[2]) == 4
+    assert no_open_sessions(server.target)
+
+
 # ----- overlays ----------------------------------------------------------------------------------
 def label_column(image, rect):
     """The first column of a label rectangle: padding, so the label's fill colour only."""

@@ -230,7 +230,6 @@ def tls_name_mismatch(args: argparse.Namespace) -> str | None:
 def _certificate_names(context: Any, address: tuple[str, int]) -> list[str]:
     """The DNS names and IP addresses of a trusted server certificate (hostname not checked)."""
     import socket
-    import ssl
 
     context.check_hostname = False
     try:
@@ -239,14 +238,13 @@ def _certificate_names(context: Any, address: tuple[str, int]) -> list[str]:
             context.wrap_socket(raw) as connection,
         ):
             certificate = connection.getpeercert() or {}
-    except (OSError, ValueError, ssl.SSLError):
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
         return []
-    names = [
+    return [
         value
         for kind, value in certificate.get("subjectAltName", ())
         if kind in ("DNS", "IP Address")
     ]
-    return names
 
 
 def describe_error(error: Any, server: str, timeout: float | None = None, tls: bool = False) -> str:
@@ -369,8 +367,7 @@ def prompts_from_args(args: argparse.Namespace) -> list[Any]:
             )
         prompts.append(Prompt(text=text))
     for text in args.box:
-        box = _parse_numbers(text, 4, "--box", "X0,Y0,X1,Y1 in pixels", BOX_EXAMPLE)
-        x0, y0, x1, y1 = box
+        x0, y0, x1, y1 = _parse_numbers(text, 4, "--box", "X0,Y0,X1,Y1 in pixels", BOX_EXAMPLE)
         if x1 <= x0 or y1 <= y0:
             raise UsageError(
                 f"--box {text!r} is empty or inverted: it needs X1 > X0 and Y1 > Y0 (corners "

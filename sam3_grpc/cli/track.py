@@ -128,25 +128,42 @@ def _track(args: argparse.Namespace) -> int:
         raise UsageError("--chunk-size must be positive")
     if args.progress_interval < 0:
         raise UsageError("--progress-interval cannot be negative")
-    if not args.remote:
+    draw_video = not args.remote  # the video is local: it can be drawn on
+    if draw_video:
         check_input_file(args.video, "video")
-    cv2 = None if args.remote else require_cv2()
+        require_cv2()
     out_dir = prepare_out_dir(args.out)
 
+    from sam3_grpc.client.errors import Sam3Error
+
     run = _Tracking()
-    interrupted = False
+    stopped_by: BaseException | None = None
     with make_client(args) as client:
         try:
             with _session(args, client) as session:  # always closed, also on Ctrl-C
                 run.info = session.info
                 _prompt(args, session, prompts, output, run)
                 _propagate(args, session, output, run)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Sam3Error) as exc:
             if not run.frames:
-                raise  # nothing to save: the usual one-line "interrupted"
-            interrupted = True
-    _write_results(args, out_dir, cv2 is not None, run, interrupted)
-    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+                raise  # nothing to save: the usual one-line error or "interrupted"
+            stopped_by = exc  # save the frames received first
+    _write_results(args, out_dir, draw_video, run, complete=stopped_by is None)
+    if stopped_by is None:
+        return EXIT_OK
+    done = f"{len(run.frames)} of {run.frames_total} frames"
+    if isinstance(stopped_by, KeyboardInterrupt):
+        print(
+            f"sam3-grpc track: interrupted after {done}; the files above hold the frames done",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(
+        f"sam3-grpc track: the propagation failed after {done}; the files above hold the "
+        f"frames done",
+        file=sys.stderr,
+    )
+    raise stopped_by  # then the one-line error, as for any failed call
 
 
 @contextlib.contextmanager
@@ -249,8 +266,9 @@ def _propagate(args: argparse.Namespace, session: Any, output: Any, run: _Tracki
 
 
 def _write_results(
-    args: argparse.Namespace, out_dir: str, draw_video: bool, run: _Tracking, interrupted: bool
+    args: argparse.Namespace, out_dir: str, draw_video: bool, run: _Tracking, *, complete: bool
 ) -> None:
+    """The masks JSON and the overlay video; of the frames received when not `complete`."""
     info = run.info
     stem = file_stem(args.video)
     json_path = os.path.join(out_dir, f"{stem}_masks.json")
@@ -264,8 +282,8 @@ def _write_results(
                 "width": info.width,
                 "height": info.height,
             },
-            # False when the run was interrupted: "frames" then holds the frames done.
-            "complete": not interrupted,
+            # False when the run stopped early: "frames" then holds the frames done.
+            "complete": complete,
             "frames_total": run.frames_total,
             "prompts": run.prompt_log,
             "objects": [
@@ -278,7 +296,7 @@ def _write_results(
         },
     )
     objects, done = len(run.labels), len(run.frames)
-    of_total = f" of {run.frames_total}" if interrupted else ""
+    of_total = "" if complete else f" of {run.frames_total}"
     print(
         f"tracked {objects} object{'s' if objects != 1 else ''} over {done}{of_total} "
         f"frame{'s' if done != 1 else ''}"
@@ -286,7 +304,7 @@ def _write_results(
     print(f"wrote {json_path}")
     if draw_video:
         path, written, video_format = _write_video_overlay(
-            args.video, os.path.join(out_dir, f"{stem}_overlay"), info, run, interrupted
+            args.video, os.path.join(out_dir, f"{stem}_overlay"), info, run, complete
         )
         print(f"wrote {path} ({written} frames, {video_format.name})")
         if not video_format.browser:
@@ -300,22 +318,16 @@ def _write_results(
             "sam3-grpc track: the video is on the server, so no overlay video was drawn",
             file=sys.stderr,
         )
-    if interrupted:
-        print(
-            f"sam3-grpc track: interrupted after {done} of {run.frames_total} frames; the "
-            f"files above hold the frames done",
-            file=sys.stderr,
-        )
 
 
 def _write_video_overlay(
-    source: str, path_stem: str, info: Any, run: _Tracking, interrupted: bool
+    source: str, path_stem: str, info: Any, run: _Tracking, complete: bool
 ) -> tuple[str, int, Any]:
     from sam3_grpc.client import overlay
 
     try:
         return overlay.write_video_overlay(
-            source, path_stem, info.fps, run.labels, run.frames, only_results=interrupted
+            source, path_stem, info.fps, run.labels, run.frames, only_results=not complete
         )
     except OSError as exc:
         raise CommandError(f"the masks are written, but {exc}") from None
