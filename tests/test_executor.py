@@ -113,6 +113,28 @@ def test_cancelled_request_never_runs(held_server):
     assert stub.SegmentImage(segment_request(3), timeout=30).results
 
 
+def test_cancelling_a_wait_on_internal_work_keeps_the_device_thread(held_server, tmp_path):
+    """A CloseSession whose caller gives up while the close waits behind a running job: the
+    close still runs, and the device thread survives to serve the next request."""
+    from helpers import disc_clip, write_video
+
+    from sam3_grpc.client import Sam3Client
+    from sam3_grpc.client.errors import DeadlineExceededError
+
+    server, _engine, gate = held_server
+    images, _ = disc_clip(frames=4)
+    with Sam3Client(server.target) as client:
+        session = client.upload_video(write_video(tmp_path / "clip.avi", images))
+        running = server.segmentation.SegmentImage.future(segment_request(1))
+        gate.wait_entered()
+        with pytest.raises(DeadlineExceededError):
+            client.close_session(session.session_id, timeout=0.5)
+        gate.release()
+        assert running.result(timeout=30).results
+        assert client.list_sessions() == []
+        assert server.segmentation.SegmentImage(segment_request(2), timeout=10).results
+
+
 def test_engine_exception_fails_only_that_call(start_server):
     engine = SyntheticEngine()
     server = start_server(engine)

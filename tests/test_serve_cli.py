@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,77 @@ def test_serve_then_sigterm_exits_cleanly():
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def serve_command(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic", *extra]
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has installed a SIGTERM handler yet (Linux: /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    ("signum", "delay"),
+    [
+        (signal.SIGTERM, 0.0),  # the moment the process can handle it: imports still running
+        (signal.SIGTERM, 0.1),
+        (signal.SIGINT, 0.0),
+    ],
+)
+def test_a_signal_during_start_up_stops_cleanly(signum, delay):
+    """A SIGTERM (or Ctrl-C) a fraction of a second after start, before the server serves:
+    exit 0, no traceback. Sent once the process handles signals at all: before that any
+    program dies of the default action, which no code of ours can change."""
+    process = subprocess.Popen(serve_command("--port", "0"), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not catches_sigterm(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(delay)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "stopped" in stderr
+
+
+def test_serve_on_a_busy_port_is_one_line_naming_it():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            serve_command("--port", str(port)), capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert "--port" in lines[0]
+
+
+def test_bind_problems_are_explained():
+    from sam3_grpc.cli.serve import bind_problem
+
+    assert bind_problem("127.0.0.1", 0) is None
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        holder.listen()
+        assert "already in use" in (bind_problem("127.0.0.1", port) or "")
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is on no interface of this machine.
+    assert "not an address of this machine" in (bind_problem("192.0.2.1", 50051) or "")
 
 
 def test_port_file_is_written_once_serving_and_removed_at_shutdown(tmp_path):

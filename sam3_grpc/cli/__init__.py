@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sam3_grpc.cli import cluster, segment, serve, status, track
 
     parser = argparse.ArgumentParser(
-        prog="sam3-grpc", description="gRPC service for Meta's SAM 3 segmentation and tracking."
+        prog="sam3-grpc",
+        description="gRPC service for Meta's SAM 3 segmentation and tracking.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"sam3-grpc {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -27,12 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_parser(subparsers)
     status.add_status_parser(subparsers)
     status.add_health_parser(subparsers)
+    for command in subparsers.choices.values():
+        # Whole flag names only: a prefix such as `--media-roo` must not silently mean a flag,
+        # and adding a flag later must not change what an existing prefix meant.
+        command.allow_abbrev = False
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["serve"]:
+        from sam3_grpc.cli.serve import catch_early_signals
+
+        catch_early_signals()  # before the second of imports and parsing that precedes serving
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     return args.handler(args)
 
 

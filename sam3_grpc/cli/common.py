@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -21,6 +22,8 @@ EXIT_USAGE = 2  # bad flags or arguments (argparse's own code)
 EXIT_INTERRUPTED = 130
 
 DEFAULT_SERVER = "localhost:50051"
+BOX_EXAMPLE = "10,10,50,50"
+POINT_EXAMPLE = "10,20"
 
 
 class UsageError(Exception):
@@ -42,10 +45,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--timeout",
         type=float,
-        default=120.0,
+        default=None,
         metavar="SECONDS",
-        help="deadline of each unary call, retries included (default 120: a "
-        "real model on a CPU is slow); uploads and propagation have none",
+        help="deadline of every unary call, retries included (default: each call's own, sized "
+        "for a real model on a CPU: 300 s to segment an image, 600 s for a prompt on a video "
+        "frame, 30 s for status and health); uploads and propagation have none",
     )
     group.add_argument(
         "--token",
@@ -129,8 +133,11 @@ def handler(command: str, body):
             _fail(command, str(exc))
             return EXIT_SERVER_ERROR
         except Sam3Error as exc:
-            tls = bool(args.tls or args.tls_ca or args.tls_cert or args.tls_key)
-            _fail(command, describe_error(exc, args.server, args.timeout, tls))
+            tls = uses_tls(args)
+            message = None
+            if tls and _handshake_failed(exc):
+                message = tls_name_mismatch(args)
+            _fail(command, message or describe_error(exc, args.server, args.timeout, tls))
             return EXIT_SERVER_ERROR
         except KeyboardInterrupt:
             _fail(command, "interrupted")
@@ -153,16 +160,99 @@ def _connection_reason(message: str) -> str:
     return reason.removesuffix(": OK").strip() or "unreachable"
 
 
+def uses_tls(args: argparse.Namespace) -> bool:
+    return bool(args.tls or args.tls_ca or args.tls_cert or args.tls_key)
+
+
+def _handshake_failed(error: Any) -> bool:
+    """The call never reached a server: no connection, or grpc's own handshake failure."""
+    import grpc
+
+    return bool(
+        error.connection_failed
+        or (
+            error.code == grpc.StatusCode.UNKNOWN
+            and not error.from_server
+            and "handshake" in error.message.lower()
+        )
+    )
+
+
+# OpenSSL's verify codes for a certificate that does not name the host that was asked for.
+_X509_V_ERR_HOSTNAME_MISMATCH = 62
+_X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+
+
+def _host_port(target: str) -> tuple[str, int] | None:
+    """("host", port) of a --server "host:port" or "[v6]:port"; None for other forms."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def tls_name_mismatch(args: argparse.Namespace) -> str | None:
+    """When a TLS connection failed: whether it is because the server's certificate does not
+    name the host the client expects (--tls-server-name, else the host in --server). grpc
+    reports every handshake failure alike, so a handshake with Python's ssl module (the same
+    OpenSSL checks) tells it by its verify code. None when that is not the cause."""
+    import socket
+    import ssl
+
+    address = _host_port(args.server)
+    if address is None:
+        return None
+    expected = args.tls_server_name or address[0]
+    try:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert and args.tls_key:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        context.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection(address, timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=expected),
+        ):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code not in (_X509_V_ERR_HOSTNAME_MISMATCH, _X509_V_ERR_IP_ADDRESS_MISMATCH):
+            return None
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return None
+    names = _certificate_names(context, address)
+    holds = f"it names {', '.join(names)}" if names else "it names other hosts"
+    source = "--tls-server-name" if args.tls_server_name else "the host in --server"
+    return (
+        f"TLS name mismatch: the certificate of {args.server} does not name {expected!r} "
+        f"(from {source}); {holds}: pass one of them with --tls-server-name"
+    )
+
+
+def _certificate_names(context: Any, address: tuple[str, int]) -> list[str]:
+    """The DNS names and IP addresses of a trusted server certificate (hostname not checked)."""
+    import socket
+
+    context.check_hostname = False
+    try:
+        with (
+            socket.create_connection(address, timeout=5) as raw,
+            context.wrap_socket(raw) as connection,
+        ):
+            certificate = connection.getpeercert() or {}
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return []
+    return [
+        value
+        for kind, value in certificate.get("subjectAltName", ())
+        if kind in ("DNS", "IP Address")
+    ]
+
+
 def describe_error(error: Any, server: str, timeout: float | None = None, tls: bool = False) -> str:
     """One actionable line for a failed call."""
     import grpc
 
     code = error.code
-    if error.connection_failed or (
-        code == grpc.StatusCode.UNKNOWN
-        and not error.from_server
-        and "handshake" in error.message.lower()
-    ):
+    if _handshake_failed(error):
         reason = _connection_reason(error.message)
         if "WRONG_VERSION_NUMBER" in reason:
             return (
@@ -190,9 +280,14 @@ def describe_error(error: Any, server: str, timeout: float | None = None, tls: b
             f"is running and that --server (or SAM3_GRPC_SERVER) names it"
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and not error.from_server:
-        limit = f" within {timeout:g} s" if timeout else ""
+        limit = f" within {timeout:g} s" if timeout else " within the call's deadline"
         return (
             f"no answer from {server}{limit}; check the address, or allow more time with --timeout"
+        )
+    if error.reason == "MODEL_LOADING":
+        return (
+            f"the model on {server} is still loading; wait until it is ready with "
+            f"`sam3-grpc health --wait 300 --server {server}`, then try again"
         )
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"{server} refused the credentials ({error.message}); check --token/--token-file"
@@ -220,7 +315,7 @@ def read_file(path: str, what: str) -> bytes:
 def make_client(args: argparse.Namespace):
     import grpc
 
-    from sam3_grpc.client.client import Sam3Client
+    from sam3_grpc.client.client import DEFAULT, Sam3Client
 
     token = args.token
     if args.token_file:
@@ -228,7 +323,7 @@ def make_client(args: argparse.Namespace):
         if not token:
             raise UsageError(f"--token-file {args.token_file} is empty")
     credentials = None
-    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+    if uses_tls(args):
         if bool(args.tls_cert) != bool(args.tls_key):
             raise UsageError("--tls-cert and --tls-key go together (mutual TLS)")
         credentials = grpc.ssl_channel_credentials(
@@ -241,33 +336,47 @@ def make_client(args: argparse.Namespace):
         options.append(("grpc.ssl_target_name_override", args.tls_server_name))
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    timeout = DEFAULT if args.timeout is None else args.timeout  # DEFAULT: each call's own
     return Sam3Client(
-        args.server, timeout=args.timeout, credentials=credentials, token=token, options=options
+        args.server, timeout=timeout, credentials=credentials, token=token, options=options
     )
 
 
-def _parse_numbers(text: str, count: int, flag: str, shape: str) -> list[float]:
+def _parse_numbers(text: str, count: int, flag: str, shape: str, example: str) -> list[float]:
     parts = [p for p in text.replace(" ", ",").split(",") if p]
     try:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
     if len(values) != count:
-        raise UsageError(f"{flag} {text!r} must be {shape}, e.g. {flag} {','.join(['10'] * count)}")
+        raise UsageError(f"{flag} {text!r} must be {shape}, e.g. {flag} {example}")
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag} {text!r} must be finite numbers, e.g. {flag} {example}")
     return values
 
 
 def prompts_from_args(args: argparse.Namespace) -> list[Any]:
     from sam3_grpc.client.types import Prompt
 
-    prompts: list[Any] = [Prompt(text=t) for t in args.prompt if t.strip()]
+    prompts: list[Any] = []
+    for text in args.prompt:
+        if not text.strip():
+            spaces = " (only spaces)" if text else ""
+            raise UsageError(
+                f"--prompt is empty{spaces}: give the words to look for, e.g. -p 'a dog'"
+            )
+        prompts.append(Prompt(text=text))
     for text in args.box:
-        x0, y0, x1, y1 = _parse_numbers(text, 4, "--box", "X0,Y0,X1,Y1")
+        x0, y0, x1, y1 = _parse_numbers(text, 4, "--box", "X0,Y0,X1,Y1 in pixels", BOX_EXAMPLE)
         if x1 <= x0 or y1 <= y0:
-            raise UsageError(f"--box {text!r} is empty or inverted: need X1 > X0 and Y1 > Y0")
+            raise UsageError(
+                f"--box {text!r} is empty or inverted: it needs X1 > X0 and Y1 > Y0 (corners "
+                f"top-left then bottom-right), e.g. --box {BOX_EXAMPLE}"
+            )
         prompts.append(Prompt(boxes=[(x0, y0, x1, y1)]))
     for text in args.point:
-        prompts.append(Prompt(points=[tuple(_parse_numbers(text, 2, "--point", "X,Y"))]))
+        x, y = _parse_numbers(text, 2, "--point", "X,Y in pixels", POINT_EXAMPLE)
+        prompts.append(Prompt(points=[(x, y)]))
     if not prompts:
         raise UsageError("give at least one --prompt TEXT (or --box / --point)")
     return prompts

@@ -32,9 +32,10 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment an image with text, box or point prompts",
-        description="Segment IMAGE and write <stem>_overlay.png (masks tinted, boxes, labels) "
-        "and <stem>_coco.json (COCO annotations with RLE masks, one category per "
-        "prompt) into --out. Prompts are sent in the order: every --prompt, then "
+        description="Segment IMAGE and write <stem>_overlay.png (masks tinted and outlined, "
+        "boxes, labels placed apart, or number tags and a legend when crowded) and "
+        "<stem>_coco.json (COCO annotations with RLE masks, one category per prompt) into "
+        "--out. Prompts are sent in the order: every --prompt, then "
         "every --box, then every --point.",
     )
     parser.add_argument("image", metavar="IMAGE", help="local image file (JPEG, PNG, WebP...)")

@@ -10,6 +10,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -108,10 +109,13 @@ class Sam3Server:
                 (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
             )
         address = f"{settings.host}:{settings.port}"
-        if settings.tls_cert:
-            self.port = self.server.add_secure_port(address, server_credentials(settings))
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if settings.tls_cert:
+                self.port = self.server.add_secure_port(address, server_credentials(settings))
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises this (no cause given) when nothing could be bound
+            self.port = 0
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         self.metrics_port: int | None = None
@@ -283,8 +287,9 @@ def create_server(settings: Settings, engine: Engine) -> tuple[Sam3Server, int]:
     return server, server.port
 
 
-async def serve(settings: Settings) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+async def serve(settings: Settings, *, stop_requested: Callable[[], bool] | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully. `stop_requested` tells whether
+    such a signal already came during start-up, before this function could handle it."""
     import cv2
 
     from sam3_grpc.engines import create_engine
@@ -298,6 +303,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if stop_requested is not None and stop_requested():
+        stop.set()
     try:
         starting = asyncio.ensure_future(server.start())
         stopping = asyncio.ensure_future(stop.wait())

@@ -420,10 +420,15 @@ class DeviceExecutor:
 
     def _resolve(self, job: _Job, *, result: Any = None, exc: BaseException | None = None) -> None:
         if job.loop is None:
-            if exc is None:
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(exc)
+            try:
+                if exc is None:
+                    job.future.set_result(result)
+                else:
+                    job.future.set_exception(exc)
+            except concurrent.futures.InvalidStateError:
+                # Whoever awaited it was cancelled, and asyncio.wrap_future cancels the future
+                # too; the job itself ran. Raising here would kill the device thread.
+                pass
             return
 
         def settle() -> None:
