@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 from client_bridge import Loop, async_client
+from fake_replica import FakeReplica
 from helpers import BLUE, RED, Gate, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 from pycocotools import mask as coco_mask
 
@@ -34,6 +35,7 @@ from sam3_grpc.client import (
     NotFoundError,
     OutputOptions,
     Prompt,
+    ReplicaLostError,
     ResourceExhaustedError,
     RetryPolicy,
     Sam3Client,
@@ -784,70 +786,45 @@ def test_both_clients_offer_the_same_methods_with_the_same_signatures():
 
 
 # ----- the routing header of a session behind Envoy ------------------------------------------
-class FakeReplica:
-    """A VideoService that answers StartSession with the routing header Envoy's stateful
-    session filter would add, and records the metadata of every later call."""
-
-    ROUTE = "MTI3LjAuMC4xOjUwMDUx"  # what Envoy sends: an encoded upstream address
-
-    def __init__(self) -> None:
-        from sam3_grpc.v1 import video_service_pb2 as pb
-
-        self.seen: list[tuple[str, dict[str, str]]] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
-
-        def session_reply(context, session_id="s1"):
-            context.send_initial_metadata((("x-sam3-replica", self.ROUTE),))
-            return pb.Session(session_id=session_id, video=pb.VideoInfo(frame_count=3))
-
-        def start(request, context):
-            self.seen.append(("StartSession", dict(context.invocation_metadata())))
-            return pb.StartSessionResponse(session=session_reply(context))
-
-        def add_prompt(request, context):
-            self.seen.append(("AddPrompt", dict(context.invocation_metadata())))
-            return pb.AddPromptResponse()
-
-        def close(request, context):
-            self.seen.append(("CloseSession", dict(context.invocation_metadata())))
-            return pb.CloseSessionResponse(closed=True)
-
-        def propagate(request, context):
-            self.seen.append(("Propagate", dict(context.invocation_metadata())))
-            return iter(())
-
-        handlers = {
-            "StartSession": grpc.unary_unary_rpc_method_handler(
-                start, pb.StartSessionRequest.FromString, pb.StartSessionResponse.SerializeToString
-            ),
-            "AddPrompt": grpc.unary_unary_rpc_method_handler(
-                add_prompt, pb.AddPromptRequest.FromString, pb.AddPromptResponse.SerializeToString
-            ),
-            "CloseSession": grpc.unary_unary_rpc_method_handler(
-                close, pb.CloseSessionRequest.FromString, pb.CloseSessionResponse.SerializeToString
-            ),
-            "Propagate": grpc.unary_stream_rpc_method_handler(
-                propagate, pb.PropagateRequest.FromString, pb.PropagateResponse.SerializeToString
-            ),
-        }
-        self.server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("sam3_grpc.v1.VideoService", handlers)]
-        )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-
 def test_the_routing_header_follows_a_session(connect):
     replica = FakeReplica()
     try:
         with connect(f"127.0.0.1:{replica.port}", retry=NO_RETRY) as client:
             with client.session(ServerPath("clip.mp4")) as session:
-                assert session.info.route == FakeReplica.ROUTE
+                assert session.info.route == "route-of-s1"
                 session.add_prompt(0, "red")
                 assert list(session.propagate()) == []
-        calls = dict(replica.seen)
-        assert "x-sam3-replica" not in calls["StartSession"]
+        calls = {c["method"]: c["route"] for c in replica.calls}
+        assert calls["StartSession"] is None
         for method in ("AddPrompt", "Propagate", "CloseSession"):
-            assert calls[method]["x-sam3-replica"] == FakeReplica.ROUTE, method
+            assert calls[method] == "route-of-s1", method
     finally:
-        replica.server.stop(None)
+        replica.stop()
+
+
+def test_a_lost_replica_is_named_and_never_retried(connect):
+    """Envoy says the pinned replica is gone (UNAVAILABLE local reply, or a stream reset): the
+    client raises ReplicaLostError, not a retryable UNAVAILABLE; the same reply on a call that
+    is not pinned, or a proxy that cannot be reached, stays a plain UnavailableError."""
+    replica = FakeReplica()
+    try:
+        with connect(f"127.0.0.1:{replica.port}") as client:
+            session = client.start_session(ServerPath("lost.mp4"))
+            assert session.route == "route-of-lost"
+            with pytest.raises(ReplicaLostError) as lost:
+                client.get_session("lost")
+            assert lost.value.code == grpc.StatusCode.UNAVAILABLE
+            assert lost.value.reason == "REPLICA_LOST"
+            assert "'lost'" in lost.value.message and "start a new session" in lost.value.message
+            with pytest.raises(ReplicaLostError, match="RST_STREAM"):
+                list(client.propagate("lost"))
+        gets = [c for c in replica.calls if c["method"] == "GetSession"]
+        assert len(gets) == 1  # GetSession is safe, but a lost replica is not retried
+    finally:
+        replica.stop()
+    with connect("127.0.0.1:1", retry=NO_RETRY) as unreachable:
+        unreachable.routes.set("lost", "route-of-lost")  # pinned, but the proxy is down
+        with pytest.raises(UnavailableError) as caught:
+            unreachable.get_session("lost", timeout=5)
+        assert not isinstance(caught.value, ReplicaLostError)
+        assert caught.value.connection_failed

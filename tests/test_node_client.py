@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 
 import pytest
+from fake_replica import FakeReplica
 from helpers import BLUE, RED, blank, disc_clip, draw_disc, draw_rect, encode, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -318,117 +319,6 @@ def test_decode_rle_follows_the_proto_spec(node, synthetic_server, tmp_path):
     assert detection["area"] == int(ring.sum())
 
 
-class FakeReplica:
-    """A VideoService standing in for one replica behind Envoy: StartSession and UploadVideo
-    answer with the routing header Envoy's stateful session filter adds (a different value for
-    each session), and every call's metadata and deadline are recorded."""
-
-    def __init__(self) -> None:
-        from concurrent import futures
-
-        import grpc
-
-        from sam3_grpc.v1 import video_service_pb2 as pb
-        from sam3_grpc.v1 import video_service_pb2_grpc as pb_grpc
-
-        self.calls: list[dict] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
-        calls = self.calls
-
-        def seen(method, request, context):
-            metadata = dict(context.invocation_metadata())
-            remaining = context.time_remaining()  # about 2**63 ns when the call has no deadline
-            calls.append(
-                {
-                    "method": method,
-                    "session_id": getattr(request, "session_id", None),
-                    "route": metadata.get("x-sam3-replica"),
-                    "time_remaining": None if remaining > 1e9 else remaining,
-                }
-            )
-
-        def session(session_id):
-            return pb.Session(session_id=session_id, video=pb.VideoInfo(frame_count=2))
-
-        def queue_full(context):
-            """What the server sends when its device queue is full."""
-            from google.protobuf import any_pb2, duration_pb2
-            from google.rpc import code_pb2, error_details_pb2, status_pb2
-            from grpc_status import rpc_status
-
-            details = []
-            for detail in (
-                error_details_pb2.ErrorInfo(
-                    reason="QUEUE_FULL", domain="sam3_grpc", metadata={"capacity": "64"}
-                ),
-                error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=600_000_000)),
-            ):
-                packed = any_pb2.Any()
-                packed.Pack(detail)
-                details.append(packed)
-            status = status_pb2.Status(
-                code=code_pb2.RESOURCE_EXHAUSTED, message="queue full", details=details
-            )
-            context.abort_with_status(rpc_status.to_status(status))
-
-        def busy(request, context) -> None:
-            """Session "busy": the first call about it of each method finds the queue full."""
-            method = calls[-1]["method"]
-            tries = sum(c["method"] == method and c["session_id"] == "busy" for c in calls)
-            if request.session_id == "busy" and tries == 1:
-                queue_full(context)
-
-        class Servicer(pb_grpc.VideoServiceServicer):
-            def StartSession(self, request, context):
-                seen("StartSession", request, context)
-                context.send_initial_metadata((("x-sam3-replica", "route-of-s1"),))
-                return pb.StartSessionResponse(session=session("s1"))
-
-            def UploadVideo(self, request_iterator, context):
-                for _ in request_iterator:
-                    pass
-                seen("UploadVideo", None, context)
-                context.send_initial_metadata((("x-sam3-replica", "route-of-s2"),))
-                return pb.UploadVideoResponse(session=session("s2"))
-
-            def AddPrompt(self, request, context):
-                seen("AddPrompt", request, context)
-                busy(request, context)
-                return pb.AddPromptResponse()
-
-            def RemoveObject(self, request, context):
-                seen("RemoveObject", request, context)
-                return pb.RemoveObjectResponse(session=session(request.session_id))
-
-            def ResetSession(self, request, context):
-                seen("ResetSession", request, context)
-                return pb.ResetSessionResponse(session=session(request.session_id))
-
-            def Propagate(self, request, context):
-                seen("Propagate", request, context)
-                return iter(())
-
-            def GetSession(self, request, context):
-                seen("GetSession", request, context)
-                busy(request, context)
-                return pb.GetSessionResponse(session=session(request.session_id))
-
-            def ListSessions(self, request, context):
-                seen("ListSessions", request, context)
-                return pb.ListSessionsResponse(sessions=[session("s1"), session("other")])
-
-            def CloseSession(self, request, context):
-                seen("CloseSession", request, context)
-                return pb.CloseSessionResponse(closed=True)
-
-        pb_grpc.add_VideoServiceServicer_to_server(Servicer(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop(None)
-
-
 ROUTES_AND_DEADLINES = textwrap.dedent("""
     const { Sam3Client, DEFAULT_TIMEOUTS_MS } = require('./client');
     (async () => {
@@ -553,3 +443,42 @@ def test_node_client_retries_only_safe_calls_after_retry_info(node):
     }
     methods = [c["method"] for c in replica.calls]
     assert methods == ["GetSession", "GetSession", "AddPrompt"]
+
+
+LOST_REPLICA = textwrap.dedent("""
+    const { Sam3Client } = require('./client');
+    (async () => {
+      const client = new Sam3Client(process.argv[1]);
+      const out = {};
+      out.route = (await client.startSession('lost.mp4')).route;
+      const describe = (error) => ({ code: error.codeName, reason: error.reason, details: error.details });
+      try { await client.getSession('lost'); } catch (error) { out.get = describe(error); }
+      try {
+        for await (const _ of client.propagate('lost')) { /* none */ }
+      } catch (error) { out.propagate = describe(error); }
+      client.close();
+      const down = new Sam3Client('127.0.0.1:1', { maxAttempts: 1 });
+      down.routes.set('lost', 'route-of-lost');
+      try { await down.getSession('lost', { timeoutMs: 5000 }); } catch (error) { out.down = describe(error); }
+      down.close();
+      console.log(JSON.stringify(out));
+    })().catch((error) => { console.error(error); process.exit(1); });
+""")
+
+
+def test_node_client_names_a_lost_replica_and_never_retries(node):
+    replica = FakeReplica()
+    try:
+        done = run_node(node, "-e", LOST_REPLICA, f"127.0.0.1:{replica.port}")
+    finally:
+        replica.stop()
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["route"] == "route-of-lost"
+    for call in ("get", "propagate"):
+        assert out[call]["code"] == "UNAVAILABLE" and out[call]["reason"] == "REPLICA_LOST"
+        assert "'lost'" in out[call]["details"] and "start a new session" in out[call]["details"]
+    assert "RST_STREAM" in out["propagate"]["details"]
+    assert [c["method"] for c in replica.calls].count("GetSession") == 1  # not retried
+    # A proxy that cannot be reached is not a lost replica: a plain, retryable UNAVAILABLE.
+    assert out["down"]["code"] == "UNAVAILABLE" and out["down"]["reason"] is None

@@ -2,8 +2,8 @@
 
 Each cluster is `sam3-grpc cluster` as an operator runs it (replica processes, Envoy generated
 from deploy/envoy/envoy.yaml). Counts come from the replicas' own Prometheus counters and
-ListSessions, and from Envoy's admin stats. Session calls carry the routing header exactly as a
-client does (`ReplicaPin`).
+ListSessions, and from Envoy's admin stats. Raw-stub session calls carry the routing header as
+any client must (`ReplicaPin`); the Python client does it by itself (tested here too).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from scale_out_support import (
 )
 from test_executor import segment_request
 
+from sam3_grpc.client import NotFoundError, ReplicaLostError, Sam3Client
 from sam3_grpc.v1 import common_pb2, segmentation_service_pb2_grpc
 from sam3_grpc.v1 import video_service_pb2 as pb
 
@@ -206,24 +207,21 @@ def test_every_call_of_a_session_reaches_its_replica(cluster, clip):
     assert cluster.retries("sam3_video") == retries_before
 
 
-def test_sessions_started_from_a_server_path_are_pinned_too(cluster):
-    video = cluster.video
-    started = {}
-    for _ in range(4):
-        reply, call = video.StartSession.with_call(
-            pb.StartSessionRequest(video_path="clip.avi"), timeout=30
-        )
-        started[reply.session.session_id] = ReplicaPin.of(call)
-    for session_id, pin in started.items():
-        assert session_id in cluster.sessions_on(pin.port)
-        video.AddPrompt(prompt(session_id), metadata=pin.metadata, timeout=10)
-        frames = video.Propagate(
-            pb.PropagateRequest(session_id=session_id), metadata=pin.metadata, timeout=30
-        )
-        assert len(list(frames)) == 12
-        video.CloseSession(
-            pb.CloseSessionRequest(session_id=session_id), metadata=pin.metadata, timeout=10
-        )
+def test_the_python_client_keeps_each_session_on_its_replica(cluster, tmp_path):
+    """Sam3Client reads the routing header itself (StartSession and UploadVideo) and sends it
+    on every later call of the session; raw stubs above show the protocol, this the product."""
+    (tmp_path / "clip.avi").write_bytes(clip_bytes(tmp_path / "make.avi", frames=12))
+    with Sam3Client(f"127.0.0.1:{cluster.info['port']}") as client:
+        sessions = [client.start_session("clip.avi") for _ in range(3)]
+        sessions += [client.upload_video(tmp_path / "clip.avi") for _ in range(3)]
+        for session in sessions:
+            assert session.route is not None
+            port = ReplicaPin(session.route).port
+            assert session.session_id in cluster.sessions_on(port)
+            assert client.add_prompt(session.session_id, 0, "red").object_ids == [1]
+            assert len(list(client.propagate(session.session_id))) == 12
+            assert client.get_session(session.session_id).route == session.route
+            assert client.close_session(session.session_id)
     assert all(cluster.sessions_on(port) == set() for port in cluster.ports)
 
 
@@ -357,52 +355,50 @@ def test_rolling_restart_under_load_loses_no_image_call(new_cluster, clip):
     assert f"port {restarted}) exited with code 0" in cluster.log()
 
 
-def test_a_killed_replica_fails_its_sessions_fast_and_nothing_else(new_cluster, clip, long_clip):
+def test_a_killed_replica_fails_its_sessions_fast_and_nothing_else(
+    new_cluster, clip, long_clip, tmp_path
+):
     cluster = new_cluster("--synthetic-latency-ms", "40", drain_delay=1)
     video = cluster.video
     sessions = [upload_via(video, clip) for _ in range(6)]
-    victim_id, victim = upload_via(video, long_clip)
-    video.AddPrompt(prompt(victim_id), metadata=victim.metadata, timeout=10)
-    stream = video.Propagate(
-        pb.PropagateRequest(session_id=victim_id), metadata=victim.metadata, timeout=60
-    )
+    (tmp_path / "long.avi").write_bytes(long_clip)
+    client = Sam3Client(f"127.0.0.1:{cluster.info['port']}")
+    victim = client.upload_video(tmp_path / "long.avi")
+    victim_port = ReplicaPin(victim.route).port
+    client.add_prompt(victim.session_id, 0, "red")
     frames = 0
 
     def read_and_kill() -> None:
         nonlocal frames
-        for _ in stream:
+        for _ in client.propagate(victim.session_id, timeout=60):
             frames += 1
             if frames == 3:
-                os.kill(cluster.replica(victim.port)["pid"], signal.SIGKILL)
+                os.kill(cluster.replica(victim_port)["pid"], signal.SIGKILL)
 
     with ImageLoad(cluster.segmentation, threads=2, max_calls=20_000) as load:
-        error = failure_of(read_and_kill)
-        assert error is not None, "the stream outlived its replica"
         # A stream in flight is cut at once: Envoy resets it (gRPC reports the reset as
-        # INTERNAL "RST_STREAM"), or it never got a frame out (UNAVAILABLE).
-        assert error.code() in {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE}
-        if error.code() == grpc.StatusCode.INTERNAL:
-            assert "RST_STREAM" in error.details()
+        # INTERNAL "RST_STREAM") or answers UNAVAILABLE; the client says what it means.
+        with pytest.raises(ReplicaLostError) as lost:
+            read_and_kill()
+        assert lost.value.reason == "REPLICA_LOST"
+        assert "start a new session" in lost.value.message
         assert frames < 300
-        # Later calls about it fail within their deadline with a clear code, through the
-        # restart (UNAVAILABLE while it is down, NOT_FOUND from the new process).
+        # Later calls about it fail within their deadline with a clear error, through the
+        # restart (replica lost while it is down, NOT_FOUND from the new process); none is
+        # retried (a session cannot come back).
         seen = set()
-        while grpc.StatusCode.NOT_FOUND not in seen:
-            with pytest.raises(grpc.RpcError) as caught:
-                video.GetSession(
-                    pb.GetSessionRequest(session_id=victim_id),
-                    metadata=victim.metadata,
-                    timeout=5,
-                )
-            assert caught.value.code() in SESSION_LOST, caught.value.details()
-            seen.add(caught.value.code())
+        while NotFoundError not in seen:
+            with pytest.raises((ReplicaLostError, NotFoundError)) as caught:
+                client.get_session(victim.session_id, timeout=5)
+            seen.add(type(caught.value))
         # Sessions on the other replicas never noticed.
         for session_id, pin in sessions:
-            if pin.port != victim.port:
+            if pin.port != victim_port:
                 got = video.GetSession(
                     pb.GetSessionRequest(session_id=session_id), metadata=pin.metadata, timeout=5
                 )
                 assert got.session.session_id == session_id
+    client.close()
     # Image calls in flight on the killed replica, or sent to it before Envoy's health check
     # noticed, were retried on another replica.
     assert load.errors == [], load.errors[:5]

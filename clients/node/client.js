@@ -175,7 +175,24 @@ function richDetails(raw) {
   return found;
 }
 
-function toSam3Error(error, target) {
+/**
+ * Envoy's replies when the replica a call is pinned to cannot be used: deploy/envoy's local
+ * reply, then Envoy's defaults. A stream cut when the replica died arrives as INTERNAL
+ * "RST_STREAM". A failure to reach the proxy itself is neither.
+ */
+const PROXY_LOST_REPLICA = ['the replica holding this video session', 'no healthy upstream', 'upstream connect error'];
+
+function replicaLost(code, details) {
+  if (code === grpc.status.INTERNAL) return details.includes('RST_STREAM');
+  return code === grpc.status.UNAVAILABLE && PROXY_LOST_REPLICA.some((sign) => details.includes(sign));
+}
+
+/**
+ * A Sam3Error from a grpc-js error. pinnedSession: the session whose routing header the call
+ * carried; when the proxy says its replica is gone, the error is UNAVAILABLE with reason
+ * 'REPLICA_LOST' (set by this client), which is never retried: a session cannot move.
+ */
+function toSam3Error(error, target, pinnedSession = null) {
   if (error instanceof Sam3Error || error.code === undefined) return error;
   let details = error.details || CODE_NAMES[error.code] || 'error';
   let options = {};
@@ -188,6 +205,14 @@ function toSam3Error(error, target) {
     } catch (_) {
       // A malformed detail leaves the plain status.
     }
+  }
+  if (pinnedSession !== null && !options.fromServer && replicaLost(error.code, details)) {
+    return new Sam3Error(
+      grpc.status.UNAVAILABLE,
+      `the replica holding session '${pinnedSession}' is gone (${details}); a session cannot `
+        + 'move to another replica: start a new session',
+      { target, reason: 'REPLICA_LOST' },
+    );
   }
   return new Sam3Error(error.code, details, { ...options, target });
 }
@@ -375,6 +400,11 @@ class Sam3Client {
     return metadata;
   }
 
+  /** The session id when calls about it carry a routing header, else null. */
+  _pinnedSession(sessionId) {
+    return sessionId !== undefined && this.routes.has(sessionId) ? sessionId : null;
+  }
+
   /**
    * A session from a reply: the routing header of that reply (a new session's, or a changed
    * one) is remembered, and the session carries the route it is pinned to (null: none).
@@ -387,7 +417,7 @@ class Sam3Client {
   _call(stub, method, request, { deadline, sessionId, onRoute }) {
     return new Promise((resolve, reject) => {
       const call = stub[method](request, this._metadataFor(sessionId), { deadline }, (error, response) => {
-        if (error) reject(toSam3Error(error, this.target));
+        if (error) reject(toSam3Error(error, this.target, this._pinnedSession(sessionId)));
         else resolve(response);
       });
       if (onRoute) call.on('metadata', (metadata) => onRoute(routeIn(metadata)));
@@ -409,7 +439,8 @@ class Sam3Client {
         // eslint-disable-next-line no-await-in-loop
         return await this._call(stub, method, request, { deadline, sessionId, onRoute });
       } catch (error) {
-        const last = !safe || attempt >= this.maxAttempts || !RETRYABLE.has(error.code);
+        const last = !safe || attempt >= this.maxAttempts || !RETRYABLE.has(error.code)
+          || error.reason === 'REPLICA_LOST';
         const delay = error.retryAfterMs !== null && error.retryAfterMs !== undefined
           ? error.retryAfterMs
           : 200 * 2 ** (attempt - 1) * (0.8 + 0.4 * Math.random());
@@ -527,7 +558,7 @@ class Sam3Client {
       finished = true;
     } catch (error) {
       finished = true;
-      throw toSam3Error(error, this.target);
+      throw toSam3Error(error, this.target, this._pinnedSession(sessionId));
     } finally {
       if (!finished) {
         call.on('error', () => {}); // the CANCELLED status that follows is expected

@@ -429,6 +429,8 @@ def retry_delay(
     None to give up: not retryable, out of attempts, or the wait would pass the deadline."""
     if policy is None or attempt >= policy.max_attempts or error.code not in policy.retryable_codes:
         return None
+    if error.reason == "REPLICA_LOST":  # retrying cannot bring the session back
+        return None
     delay = policy.delay(attempt, error.retry_after)
     if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
         return None

@@ -54,9 +54,10 @@ class AsyncPropagateStream:
     """The frames of one Propagate call, as an async iterator of PropagateFrame. Leaving an
     `async with` block, `aclose()` or `cancel()` cancels the gRPC stream."""
 
-    def __init__(self, call: Any, target: str) -> None:
+    def __init__(self, call: Any, target: str, pinned_session: str | None = None) -> None:
         self._call = call
         self._target = target
+        self._pinned = pinned_session  # the call carried this session's routing header
         self._closed = False
         self.frames_done = 0
         self.frames_total = 0
@@ -76,7 +77,7 @@ class AsyncPropagateStream:
             if self._closed:
                 raise StopAsyncIteration from None
             self._closed = True
-            raise from_rpc_error(exc, self._target) from None
+            raise from_rpc_error(exc, self._target, pinned_session=self._pinned) from None
         if response is grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from grpc's stubs
             self._closed = True
             raise StopAsyncIteration
@@ -212,6 +213,7 @@ class AsyncSam3Client:
         deadline = None if limit is None else time.monotonic() + limit
         method = getattr(self._stubs[call.stub], call.method)
         metadata = self.routes.metadata(self._metadata, call.session_id)
+        pinned = call.session_id if self.routes.get(call.session_id) else None
         attempt = 1
         while True:
             try:
@@ -219,7 +221,7 @@ class AsyncSam3Client:
                 reply = await rpc
                 return call.convert(reply, self.target), await rpc.initial_metadata()
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, self.target)
+                error = from_rpc_error(exc, self.target, pinned_session=pinned)
             delay = _core.retry_delay(policy, attempt, error, deadline)
             if delay is None:
                 raise error
@@ -358,7 +360,8 @@ class AsyncSam3Client:
             timeout=_core.timeout_for("Propagate", timeout, DEFAULT),
             metadata=self.routes.metadata(self._metadata, session_id),
         )
-        return AsyncPropagateStream(call, self.target)
+        pinned = session_id if self.routes.get(session_id) else None
+        return AsyncPropagateStream(call, self.target, pinned)
 
     async def get_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
         return await self._session_result(_core.get_session_call(session_id), timeout)

@@ -41,9 +41,10 @@ class PropagateStream:
     usable. frames_done/frames_total follow the last frame received.
     """
 
-    def __init__(self, call: Any, target: str) -> None:
+    def __init__(self, call: Any, target: str, pinned_session: str | None = None) -> None:
         self._call = call
         self._target = target
+        self._pinned = pinned_session  # the call carried this session's routing header
         self._closed = False
         self.frames_done = 0
         self.frames_total = 0
@@ -63,7 +64,7 @@ class PropagateStream:
             if self._closed:  # we cancelled it ourselves
                 raise StopIteration from None
             self._closed = True
-            raise from_rpc_error(exc, self._target) from None
+            raise from_rpc_error(exc, self._target, pinned_session=self._pinned) from None
         frame = _core.propagate_frame_from_proto(response)
         self.frames_done, self.frames_total = frame.frames_done, frame.frames_total
         return frame
@@ -263,6 +264,7 @@ class Sam3Client(_SessionContext):
         deadline = None if limit is None else time.monotonic() + limit
         method = getattr(self._stubs[call.stub], call.method)
         metadata = self.routes.metadata(self._metadata, call.session_id)
+        pinned = call.session_id if self.routes.get(call.session_id) else None
         attempt = 1
         while True:
             try:
@@ -271,7 +273,7 @@ class Sam3Client(_SessionContext):
                 )
                 return call.convert(reply, self.target), rpc.initial_metadata()
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, self.target)
+                error = from_rpc_error(exc, self.target, pinned_session=pinned)
             delay = _core.retry_delay(policy, attempt, error, deadline)
             if delay is None:
                 raise error
@@ -408,7 +410,8 @@ class Sam3Client(_SessionContext):
             timeout=_core.timeout_for("Propagate", timeout, DEFAULT),
             metadata=self.routes.metadata(self._metadata, session_id),
         )
-        return PropagateStream(call, self.target)
+        pinned = session_id if self.routes.get(session_id) else None
+        return PropagateStream(call, self.target, pinned)
 
     def get_session(self, session_id: str, *, timeout: Any = DEFAULT) -> Session:
         return self._session_result(_core.get_session_call(session_id), timeout)

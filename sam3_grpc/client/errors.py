@@ -119,6 +119,12 @@ class UnavailableError(Sam3Error):
     """UNAVAILABLE: unreachable, still loading, or shutting down. Safe to retry."""
 
 
+class ReplicaLostError(UnavailableError):
+    """The replica holding a session (behind a proxy routing by `x-sam3-replica`) stopped or
+    cannot be reached. Not retried: a session cannot move to another replica; start a new one.
+    `reason` is "REPLICA_LOST" (set by this client, not by a server)."""
+
+
 class DataLossError(Sam3Error):
     """DATA_LOSS: e.g. an upload's SHA-256 did not match."""
 
@@ -173,8 +179,11 @@ def _details(status) -> dict:
     return found
 
 
-def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> Sam3Error:
-    """Converts a grpc.RpcError (a failed call) into the matching Sam3Error."""
+def from_rpc_error(
+    error: grpc.RpcError, target: str | None = None, *, pinned_session: str | None = None
+) -> Sam3Error:
+    """Converts a grpc.RpcError (a failed call) into the matching Sam3Error. `pinned_session`:
+    the call carried that session's routing header (see `replica_lost`)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     if code is None:
         code = grpc.StatusCode.UNKNOWN
@@ -194,6 +203,36 @@ def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> Sam3Error
         message = status.message or message
         details = _details(status)
     retry_after = details.pop("retry_after", None)
+    if pinned_session is not None and not from_server and replica_lost(code, message):
+        return ReplicaLostError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the replica holding session {pinned_session!r} is gone ({message}); a session "
+            "cannot move to another replica: start a new session",
+            target=target,
+            reason="REPLICA_LOST",
+        )
     return error_class(code)(
         code, message, retry_after, target=target, from_server=from_server, **details
     )
+
+
+def replica_lost(code: grpc.StatusCode, message: str) -> bool:
+    """Whether a failure that no server produced, on a call pinned to a replica, means the
+    replica is gone: the proxy answered that it cannot reach it (UNAVAILABLE with the proxy's
+    own message: deploy/envoy's, or Envoy's defaults), or cut a stream in flight when the
+    replica died (gRPC reports the proxy's reset as INTERNAL "RST_STREAM"). A failure to reach
+    the proxy itself is not: that stays a retryable UnavailableError."""
+    if code == grpc.StatusCode.INTERNAL:
+        return "RST_STREAM" in message
+    return code == grpc.StatusCode.UNAVAILABLE and any(
+        sign in message for sign in _PROXY_LOST_REPLICA
+    )
+
+
+# Envoy's replies when the pinned replica cannot be used: deploy/envoy/envoy.yaml's local reply,
+# then Envoy's defaults (no healthy host; connect failure or reset before any reply).
+_PROXY_LOST_REPLICA = (
+    "the replica holding this video session",
+    "no healthy upstream",
+    "upstream connect error",
+)
