@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 REPO_ID = "facebook/sam3"
 CHECKPOINT_FILE = "sam3.pt"
+# The Hugging Face CLI (`hf`, from huggingface_hub >= 0.34; `huggingface-cli` no longer works).
+# The README gives the same commands (a test holds them together).
+LOGIN_COMMAND = "hf auth login"
+DOWNLOAD_COMMAND = f"hf download {REPO_ID} {CHECKPOINT_FILE}"
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,8 @@ def locate_checkpoint(
         + (" (HF_HUB_OFFLINE is set)" if offline else "")
         + ". The weights are gated and are never downloaded at run time. To get them: "
         f"1) request access on https://huggingface.co/{REPO_ID}; "
-        "2) run `huggingface-cli login` with a token of that account; "
-        f"3) run `huggingface-cli download {REPO_ID} {CHECKPOINT_FILE}` (fills the cache) — or "
+        f"2) run `{LOGIN_COMMAND}` with a token of that account; "
+        f"3) run `{DOWNLOAD_COMMAND}` (fills the cache) — or "
         f"pass --checkpoint /path/to/{CHECKPOINT_FILE}. "
         "For development without the weights use --model sam3-tiny "
         "(random weights, meaningless masks)."
