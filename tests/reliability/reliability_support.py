@@ -129,3 +129,14 @@ class TaggingEngine(SyntheticEngine):
                 yield frame
 
         return recorded()
+
+
+def reason_of(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call ("" when the status carries none)."""
+    from grpc_status import rpc_status
+
+    from sam3_grpc.client.errors import from_rpc_error
+
+    if rpc_status.from_call(error) is None:
+        return ""
+    return from_rpc_error(error).reason or ""

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from helpers import BLUE, RED, blank, disc_clip, draw_rect, encode, write_frame_folder, write_video
-from reliability_support import SERVING, health
+from reliability_support import SERVING, health, reason_of
 
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.errors import FailedPrecondition, InvalidArgument
@@ -26,15 +26,6 @@ from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import video_service_pb2 as pb
 
 PATH_PATTERN = r"(?<![\w.:/])/(?:[\w.@%+~-]+/)+"
-
-
-def reason_of(error: grpc.RpcError) -> str:
-    from grpc_status import rpc_status
-
-    from sam3_grpc.client.errors import _details
-
-    status = rpc_status.from_call(error)
-    return _details(status).get("reason", "") if status else ""
 
 
 def start_on(server, path: str) -> pb.Session:
