@@ -117,11 +117,12 @@ def decode_image(data: bytes, limits: ImageLimits, *, field: str = "image") -> n
             if header.format in ("JPEG", "MPO"):
                 scans = count_jpeg_scans(data, limits.max_scans)
                 if scans > limits.max_scans:
-                    raise invalid_image(
+                    raise InvalidArgument(
                         f"the JPEG has more than {limits.max_scans} scans (ordinary progressive "
-                        "JPEGs have about ten); re-encode it",
-                        field,
-                        limit=limits.max_scans,
+                        "JPEGs have about ten; each costs a full decoding pass); re-encode it",
+                        reason=Reason.INPUT_TOO_COSTLY,
+                        field=field,
+                        metadata={"limit": limits.max_scans},
                     )
         return _decode_pixels(data, header)
     except InvalidArgument:

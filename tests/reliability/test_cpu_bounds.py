@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from helpers import RED, Gate, blank, encode
 from PIL import Image
-from reliability_support import NOT_SERVING, SERVING, health, wait_for
-from test_hostile_media import reason_of, still_serves
+from reliability_support import NOT_SERVING, SERVING, health, reason_of, wait_for
+from test_hostile_media import still_serves
 
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.media.images import count_jpeg_scans
@@ -65,7 +65,7 @@ def test_a_jpeg_scan_bomb_is_refused_from_its_markers(synthetic_server):
     with pytest.raises(grpc.RpcError) as caught:
         synthetic_server.segmentation.SegmentImage(segment_request(bomb), timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert reason_of(caught.value) == "INVALID_IMAGE"
+    assert reason_of(caught.value) == "INPUT_TOO_COSTLY"
     assert "scans" in caught.value.details()
     assert time.monotonic() - started < 10  # refused from the markers: a liveness bound
     still_serves(synthetic_server)
