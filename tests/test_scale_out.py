@@ -2,8 +2,9 @@
 
 Each cluster is `sam3-grpc cluster` as an operator runs it (replica processes, Envoy generated
 from deploy/envoy/envoy.yaml). Counts come from the replicas' own Prometheus counters and
-ListSessions, and from Envoy's admin stats. Raw-stub session calls carry the routing header as
-any client must (`ReplicaPin`); the Python client does it by itself (tested here too).
+ListSessions, and from Envoy's admin stats. Sessions are driven by the Python client, which
+keeps each session's routing header itself; a few tests use raw stubs carrying the header
+(`ReplicaPin`) to show the protocol any client must follow.
 """
 
 from __future__ import annotations
@@ -165,38 +166,31 @@ def test_image_calls_are_spread_over_the_replicas(cluster):
     assert all(0.20 <= s <= 0.47 for s in share.values()), share
 
 
-def test_every_call_of_a_session_reaches_its_replica(cluster, clip):
+def test_every_call_of_a_session_reaches_its_replica(cluster, clip, tmp_path):
+    """Ten sessions driven through Envoy by the Python client, which keeps each session's
+    routing header itself: upload, prompt, propagate, get, close."""
     methods = ("AddPrompt", "Propagate", "GetSession", "CloseSession")
     before = {
         port: {m: cluster.served(port, VIDEO_METHOD + m) for m in methods} for port in cluster.ports
     }
     retries_before = cluster.retries("sam3_video")
-    video = cluster.video
-    sessions: dict[str, ReplicaPin] = {}
-    for _ in range(10):
-        session_id, pin = upload_via(video, clip)
-        sessions[session_id] = pin
-        reply = video.AddPrompt(prompt(session_id), metadata=pin.metadata, timeout=10)
-        assert list(reply.object_ids) == [1]
-        frames = list(
-            video.Propagate(
-                pb.PropagateRequest(session_id=session_id), metadata=pin.metadata, timeout=30
-            )
-        )
-        assert len(frames) == 12
-        got = video.GetSession(
-            pb.GetSessionRequest(session_id=session_id), metadata=pin.metadata, timeout=10
-        )
-        assert got.session.session_id == session_id
-    # Each replica holds exactly the sessions whose header names it.
-    by_port = Counter(pin.port for pin in sessions.values())
-    assert len(by_port) >= 2, by_port  # new sessions are balanced, not all on one replica
-    for port in cluster.ports:
-        assert cluster.sessions_on(port) == {s for s, p in sessions.items() if p.port == port}
-    for session_id, pin in sessions.items():
-        video.CloseSession(
-            pb.CloseSessionRequest(session_id=session_id), metadata=pin.metadata, timeout=10
-        )
+    (tmp_path / "clip.avi").write_bytes(clip)
+    sessions: dict[str, int] = {}  # session id -> the port of its replica
+    with Sam3Client(f"127.0.0.1:{cluster.info['port']}") as client:
+        for _ in range(10):
+            session = client.upload_video(tmp_path / "clip.avi")
+            assert session.route is not None
+            sessions[session.session_id] = ReplicaPin(session.route).port
+            assert client.add_prompt(session.session_id, 0, "red").object_ids == [1]
+            assert len(list(client.propagate(session.session_id))) == 12
+            assert client.get_session(session.session_id).route == session.route
+        # Each replica holds exactly the sessions whose header names it.
+        by_port = Counter(sessions.values())
+        assert len(by_port) >= 2, by_port  # new sessions are balanced, not all on one replica
+        for port in cluster.ports:
+            assert cluster.sessions_on(port) == {s for s, p in sessions.items() if p == port}
+        for session_id in sessions:
+            assert client.close_session(session_id)
     # Every call was served once, by the replica of its session: no retry, no NOT_FOUND.
     for port in cluster.ports:
         for method in methods:
@@ -207,21 +201,26 @@ def test_every_call_of_a_session_reaches_its_replica(cluster, clip):
     assert cluster.retries("sam3_video") == retries_before
 
 
-def test_the_python_client_keeps_each_session_on_its_replica(cluster, tmp_path):
-    """Sam3Client reads the routing header itself (StartSession and UploadVideo) and sends it
-    on every later call of the session; raw stubs above show the protocol, this the product."""
-    (tmp_path / "clip.avi").write_bytes(clip_bytes(tmp_path / "make.avi", frames=12))
-    with Sam3Client(f"127.0.0.1:{cluster.info['port']}") as client:
-        sessions = [client.start_session("clip.avi") for _ in range(3)]
-        sessions += [client.upload_video(tmp_path / "clip.avi") for _ in range(3)]
-        for session in sessions:
-            assert session.route is not None
-            port = ReplicaPin(session.route).port
-            assert session.session_id in cluster.sessions_on(port)
-            assert client.add_prompt(session.session_id, 0, "red").object_ids == [1]
-            assert len(list(client.propagate(session.session_id))) == 12
-            assert client.get_session(session.session_id).route == session.route
-            assert client.close_session(session.session_id)
+def test_sessions_started_from_a_server_path_are_pinned_too(cluster):
+    """StartSession (a file on the replicas' shared media root) is pinned like an upload; raw
+    stubs here, to show the protocol any client must follow."""
+    video = cluster.video
+    started = {}
+    for _ in range(4):
+        reply, call = video.StartSession.with_call(
+            pb.StartSessionRequest(video_path="clip.avi"), timeout=30
+        )
+        started[reply.session.session_id] = ReplicaPin.of(call)
+    for session_id, pin in started.items():
+        assert session_id in cluster.sessions_on(pin.port)
+        video.AddPrompt(prompt(session_id), metadata=pin.metadata, timeout=10)
+        frames = video.Propagate(
+            pb.PropagateRequest(session_id=session_id), metadata=pin.metadata, timeout=30
+        )
+        assert len(list(frames)) == 12
+        video.CloseSession(
+            pb.CloseSessionRequest(session_id=session_id), metadata=pin.metadata, timeout=10
+        )
     assert all(cluster.sessions_on(port) == set() for port in cluster.ports)
 
 
