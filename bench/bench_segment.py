@@ -24,7 +24,7 @@ from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.config import Settings
 from sam3_grpc.domain import Prompt
 from sam3_grpc.engines.synthetic import SyntheticEngine
-from sam3_grpc.media.images import decode_image
+from sam3_grpc.media.images import ImageLimits, decode_image
 from sam3_grpc.server import convert
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
@@ -32,9 +32,12 @@ from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
 
 
 def in_process(engine, data: bytes, settings: Settings) -> pb.SegmentImageResponse:
-    image = decode_image(
-        data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    limits = ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_scans=settings.max_image_scans,
     )
+    image = decode_image(data, limits)
     results = engine.predict(engine.encode_image(image), [Prompt(text="red")])
     spec = convert.OutputSpec(score_threshold=0.5)
     response = pb.SegmentImageResponse(width=image.shape[1], height=image.shape[0])
