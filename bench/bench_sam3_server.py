@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 
 import cv2
 import grpc
 import numpy as np
 from common import machine
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sam3_grpc.cli.serve_process import ServeProcess, ServeProcessError
 from sam3_grpc.v1 import common_pb2, status_service_pb2, status_service_pb2_grpc
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc
@@ -67,37 +64,18 @@ def jpeg(image: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
-def start(args) -> tuple[subprocess.Popen, str, float]:
-    command = [
-        sys.executable,
-        "-m",
-        "sam3_grpc.cli",
-        "serve",
-        "--port",
-        str(args.port),
-        "--device",
-        args.device,
-        "--log-level",
-        "WARNING",
-    ]
-    command += ["--checkpoint", args.checkpoint] if args.checkpoint else ["--model", "sam3-tiny"]
+def start(args) -> tuple[ServeProcess, float]:
+    """The server and its cold start: spawn until it reports SERVING (its port file)."""
+    flags = ["--port", str(args.port), "--device", args.device, "--log-level", "WARNING"]
+    flags += ["--checkpoint", args.checkpoint] if args.checkpoint else ["--model", "sam3-tiny"]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    threading.Thread(target=process.stderr.read, daemon=True).start()
-    target = f"127.0.0.1:{args.port}"
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise SystemExit("the server exited during start-up")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    return process, target, time.perf_counter() - started
+    server = ServeProcess(flags)
+    try:
+        server.wait_ready(args.start_timeout)
+    except ServeProcessError as exc:
+        server.stop()
+        raise SystemExit(str(exc)) from None
+    return server, time.perf_counter() - started
 
 
 def segment(stub, data: bytes, text: str) -> float:
@@ -156,14 +134,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="real SAM 3 weights (default: the tiny preset)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--port", type=int, default=50111)
+    parser.add_argument("--port", type=int, default=0, help="the server's port (0: a free one)")
+    parser.add_argument("--start-timeout", type=float, default=900.0, metavar="SECONDS")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--frames", type=int, default=12)
     args = parser.parse_args()
-    process, target, cold_s = start(args)
-    try:
+    server, cold_s = start(args)
+    with server:
         with grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 << 20)]
+            server.target, options=[("grpc.max_receive_message_length", 64 << 20)]
         ) as channel:
             status = status_service_pb2_grpc.StatusServiceStub(channel).GetServerStatus(
                 status_service_pb2.GetServerStatusRequest()
@@ -182,9 +161,6 @@ def main() -> None:
             ]
             with tempfile.TemporaryDirectory() as directory:
                 per_frame = propagate(channel, args.frames, directory)
-    finally:
-        process.terminate()
-        process.wait(60)
     u, c = statistics.median(uncached) * 1000, statistics.median(cached) * 1000
     print(f"machine: {machine()}")
     print(

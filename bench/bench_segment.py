@@ -17,13 +17,14 @@ import time
 
 import cv2
 import grpc
-from common import discs_scene, jpeg, machine, serve_subprocess, summary
+from common import discs_scene, jpeg, machine, summary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.config import Settings
 from sam3_grpc.domain import Prompt
 from sam3_grpc.engines.synthetic import SyntheticEngine
-from sam3_grpc.media.images import decode_image
+from sam3_grpc.media.images import ImageLimits, decode_image
 from sam3_grpc.server import convert
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
@@ -31,9 +32,12 @@ from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
 
 
 def in_process(engine, data: bytes, settings: Settings) -> pb.SegmentImageResponse:
-    image = decode_image(
-        data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    limits = ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_scans=settings.max_image_scans,
     )
+    image = decode_image(data, limits)
     results = engine.predict(engine.encode_image(image), [Prompt(text="red")])
     spec = convert.OutputSpec(score_threshold=0.5)
     response = pb.SegmentImageResponse(width=image.shape[1], height=image.shape[0])
@@ -58,42 +62,41 @@ def main() -> None:
     reference = in_process(engine, data, settings)
     assert len(reference.results[0].detections) == 5
 
-    server, target = serve_subprocess("--model", "synthetic", "--cache-size", "0")
-    request = pb.SegmentImageRequest(
-        image=common_pb2.Image(content=data), prompts=[common_pb2.Prompt(text="red")]
-    )
-    local, remote, bare, remote_warm, bare_warm = [], [], [], [], []
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.SegmentationServiceStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
-        ping = health_pb2.HealthCheckRequest()
-        # Alternating: in-process call, server call, bare gRPC call; drifts of this shared VM hit
-        # all three alike, and the server's threads are as cold as between real requests.
-        for i in range(args.warmup + args.iterations):
-            t0 = time.perf_counter()
-            in_process(engine, data, settings)
-            t1 = time.perf_counter()
-            reply = stub.SegmentImage(request, timeout=30)
-            t2 = time.perf_counter()
-            health.Check(ping, timeout=30)
-            t3 = time.perf_counter()
-            if i >= args.warmup:
-                local.append(t1 - t0)
-                remote.append(t2 - t1)
-                bare.append(t3 - t2)
-        assert reply.results == reference.results
-        # Back to back: a client sending one request after another (warm threads).
-        for samples, call in (
-            (remote_warm, lambda: stub.SegmentImage(request, timeout=30)),
-            (bare_warm, lambda: health.Check(ping, timeout=30)),
-        ):
+    with ServeProcess(["--model", "synthetic", "--cache-size", "0"]) as server:
+        target = server.wait_ready(120).target
+        request = pb.SegmentImageRequest(
+            image=common_pb2.Image(content=data), prompts=[common_pb2.Prompt(text="red")]
+        )
+        local, remote, bare, remote_warm, bare_warm = [], [], [], [], []
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.SegmentationServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            ping = health_pb2.HealthCheckRequest()
+            # Alternating: in-process call, server call, bare gRPC call; drifts of this shared VM
+            # hit all three alike, and the server's threads are as cold as between real requests.
             for i in range(args.warmup + args.iterations):
-                started = time.perf_counter()
-                call()
+                t0 = time.perf_counter()
+                in_process(engine, data, settings)
+                t1 = time.perf_counter()
+                reply = stub.SegmentImage(request, timeout=30)
+                t2 = time.perf_counter()
+                health.Check(ping, timeout=30)
+                t3 = time.perf_counter()
                 if i >= args.warmup:
-                    samples.append(time.perf_counter() - started)
-    server.terminate()
-    server.wait(30)
+                    local.append(t1 - t0)
+                    remote.append(t2 - t1)
+                    bare.append(t3 - t2)
+            assert reply.results == reference.results
+            # Back to back: a client sending one request after another (warm threads).
+            for samples, call in (
+                (remote_warm, lambda: stub.SegmentImage(request, timeout=30)),
+                (bare_warm, lambda: health.Check(ping, timeout=30)),
+            ):
+                for i in range(args.warmup + args.iterations):
+                    started = time.perf_counter()
+                    call()
+                    if i >= args.warmup:
+                        samples.append(time.perf_counter() - started)
 
     rows = {
         "in_process": summary(local),

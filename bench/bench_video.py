@@ -25,8 +25,9 @@ import cv2
 import grpc
 import numpy as np
 import psutil
-from common import discs_scene, jpeg, machine, serve_subprocess
+from common import discs_scene, jpeg, machine
 
+from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc
@@ -215,28 +216,30 @@ def main() -> None:
         print(f"machine: {machine()}")
         noise = noise_video(os.path.join(media, "noise.avi"), args.upload_mb * MiB)
         discs_video(os.path.join(media, "discs.mp4"), args.frames)
-        process, target = serve_subprocess(
-            "--model",
-            "synthetic",
-            "--media-root",
-            media,
-            "--max-frames",
-            "100000",
-            "--max-upload-bytes",
-            "4G",
-        )
-        try:
+        with ServeProcess(
+            [
+                "--model",
+                "synthetic",
+                "--media-root",
+                media,
+                "--max-frames",
+                "100000",
+                "--max-upload-bytes",
+                "4G",
+            ]
+        ) as server:
+            target, pid = server.wait_ready(120).target, server.pid
             raw = os.path.join(media, "random.bin")
             with open(raw, "wb") as handle:
                 for _ in range(args.upload_mb):
                     handle.write(os.urandom(MiB))
             os.sync()  # the generated files' write-back must not compete with the uploads
-            bench_upload(target, process.pid, raw)  # warm-up: the first upload sizes grpc's buffers
+            bench_upload(target, pid, raw)  # warm-up: the first upload sizes grpc's buffers
             for label, path in (
                 ("transfer only (random bytes, refused by the probe)", raw),
                 ("end to end (lossless AVI: transfer, probe, session)", noise),
             ):
-                runs = [bench_upload(target, process.pid, path) for _ in range(3)]
+                runs = [bench_upload(target, pid, path) for _ in range(3)]
                 rates = sorted(r["mb_per_s"] for r in runs)
                 growth = max(r["rss_growth_mb"] for r in runs)
                 print(
@@ -257,9 +260,6 @@ def main() -> None:
                 f"SegmentImage median: idle {mix['idle_median_ms']:.2f} ms, during "
                 f"propagation {mix['busy_median_ms']:.2f} ms (ratio {mix['ratio']:.2f})"
             )
-        finally:
-            process.terminate()
-            process.wait(30)
 
 
 if __name__ == "__main__":

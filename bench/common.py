@@ -1,14 +1,12 @@
-"""Shared benchmark helpers: an in-process server on loopback, scenes, percentiles, machine."""
+"""Shared benchmark helpers: an in-process server on loopback, scenes, percentiles, machine.
+A server in its own process (as deployed): `sam3_grpc.cli.serve_process.ServeProcess`."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import threading
 
 import cv2
@@ -16,41 +14,6 @@ import numpy as np
 
 from sam3_grpc.config import Settings
 from sam3_grpc.server.app import create_server
-
-
-def serve_subprocess(
-    *args: str, env: dict[str, str] | None = None, on_line=None
-) -> tuple[subprocess.Popen, str]:
-    """Starts `sam3-grpc serve --port 0 ARGS` in its own process (as deployed: no GIL shared
-    with the client); returns the process and its target once health is SERVING. Every line the
-    server logs goes to `on_line` if given (the pipe is drained either way)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sam3_grpc.cli", "serve", "--port", "0", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    port = None
-    for line in process.stderr:
-        if on_line is not None:
-            on_line(line)
-        match = re.search(r"listening on [\d.]+:(\d+)", line)
-        if match:
-            port = match.group(1)
-        if "health: SERVING" in line:
-            break
-    if port is None or process.poll() is not None:
-        raise RuntimeError("the server did not start")
-
-    def drain() -> None:
-        for line in process.stderr:
-            if on_line is not None:
-                on_line(line)
-
-    # Kept on the process so a caller can join it once the server has exited.
-    process.log_drain = threading.Thread(target=drain, daemon=True)
-    process.log_drain.start()
-    return process, f"127.0.0.1:{port}"
 
 
 class BackgroundServer:

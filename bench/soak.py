@@ -22,8 +22,6 @@ import argparse
 import collections
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,9 +32,10 @@ import cv2
 import grpc
 import numpy as np
 import psutil
-from common import discs_scene, jpeg, machine, serve_subprocess
+from common import discs_scene, jpeg, machine
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sam3_grpc.cli.serve_process import ServeProcess, ServeProcessError
 from sam3_grpc.v1 import common_pb2, status_service_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
 from sam3_grpc.v1 import segmentation_service_pb2_grpc as seg_grpc
@@ -68,8 +67,8 @@ class OwnServer:
         self.upload_dir = os.path.join(workdir, "uploads")
         self.log_path = os.path.join(workdir, "server.log")
         self._log = open(self.log_path, "w")  # noqa: SIM115 - open for the server's life; stop() closes it
-        try:
-            self.process, self.target = serve_subprocess(
+        self.server = ServeProcess(
+            [
                 "--model",
                 "synthetic",
                 "--synthetic-latency-ms",
@@ -80,19 +79,20 @@ class OwnServer:
                 self.upload_dir,
                 "--queue-size",
                 str(queue_size),
-                on_line=self._log.write,
-            )
-        except RuntimeError:
-            raise SystemExit("the server did not start; see " + self.log_path) from None
+            ],
+            on_line=lambda line: self._log.write(line + "\n"),
+        )
+        try:
+            self.server.wait_ready(120)
+        except ServeProcessError as exc:
+            self.stop()
+            raise SystemExit(f"{exc}\n(whole log: {self.log_path})") from None
+        self.target = self.server.target
+        self.pid = self.server.pid
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(10)
-        self.process.log_drain.join(10)
+        """SIGTERM; killed if not stopped within 60 s. Returns the exit code."""
+        code = self.server.stop(60)
         self._log.close()
         return code
 
@@ -503,7 +503,7 @@ def main() -> int:
         server = OwnServer(args.synthetic_latency_ms, workdir, args.queue_size)
         args.target, args.server_pid, args.upload_dir = (
             server.target,
-            server.process.pid,
+            server.pid,
             server.upload_dir,
         )
     images = [jpeg(discs_scene(320, 240, count=3, seed=s)) for s in range(12)]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import urllib.request
 
 import grpc
@@ -13,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import RED, blank, draw_rect, encode
 from test_video import disc_clip, upload, write_video
 
+from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import common_pb2
 from sam3_grpc.v1 import segmentation_service_pb2 as pb
@@ -85,46 +83,15 @@ def session_size(path) -> int:
 
 
 def test_json_call_log_has_one_line_per_call():
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sam3_grpc.cli",
-            "serve",
-            "--model",
-            "synthetic",
-            "--port",
-            "0",
-            "--log-format",
-            "json",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = None
-        for line in process.stderr:
-            entry = json.loads(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", entry["message"])
-            if match:
-                port = int(match.group(1))
-            if entry["message"] == "health: SERVING":
-                break
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with ServeProcess(["--model", "synthetic", "--log-format", "json"]) as server:
+        with grpc.insecure_channel(server.wait_ready(60).target) as channel:
             from sam3_grpc.v1 import segmentation_service_pb2_grpc as pb_grpc
 
             pb_grpc.SegmentationServiceStub(channel).SegmentImage(request(3), timeout=10)
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        process.terminate()
-        calls = []
-        for line in process.stderr:
-            entry = json.loads(line)
-            if entry["logger"] == "sam3_grpc.calls":
-                calls.append(entry)
-        assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
+        assert server.stop() == 0
+    entries = [json.loads(line) for line in server.lines]  # every line is JSON
+    calls = [entry for entry in entries if entry["logger"] == "sam3_grpc.calls"]
     (call,) = calls  # health checks log at DEBUG only
     assert call["method"] == SEGMENT and call["code"] == "OK"
     assert call["duration_ms"] > 0 and call["peer"].startswith("ipv4:127.0.0.1")

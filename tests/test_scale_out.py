@@ -344,6 +344,9 @@ def test_rolling_restart_under_load_loses_no_image_call(new_cluster, clip):
         wait_for(lambda: cluster.replica(restarted)["restarts"] == 1, 30, "restarted")
         wait_for(lambda: cluster.replica(restarted)["ready"], 30, "restarted replica ready")
         wait_for(lambda: cluster.served(restarted) > 0, 30, "restarted replica serving")
+    # Sessions go through their own Envoy cluster, health-checked on its own: it may put the
+    # replica back in rotation a check later than the image cluster did.
+    wait_for(lambda: cluster.in_rotation("sam3_video", restarted), 30, "back in video rotation")
     assert load.errors == [], load.errors[:5]
     assert load.ok > 0
     with pytest.raises(grpc.RpcError) as caught:

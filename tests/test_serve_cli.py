@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sam3_grpc.cli import build_parser
+from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.config import Settings, settings_from_args
 
 
@@ -86,43 +86,18 @@ def test_invalid_setting_is_a_usage_error():
 
 
 def test_serve_then_sigterm_exits_cleanly():
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sam3_grpc.cli",
-            "serve",
-            "--model",
-            "synthetic",
-            "--port",
-            "0",
-            "--grace",
-            "2",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = None
-        for line in process.stderr:
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                port = int(match.group(1))
-            if "health: SERVING" in line:
-                break
-        assert port, "the server never said where it listens"
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with ServeProcess(["--model", "synthetic", "--grace", "2"]) as server:
+        with grpc.insecure_channel(server.wait_ready(60).target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        process.send_signal(signal.SIGTERM)
-        rest = process.stderr.read()
-        assert process.wait(timeout=30) == 0
-        assert "NOT_SERVING" in rest and "stopped" in rest
-    finally:
-        if process.poll() is None:
-            process.kill()
+        assert server.stop(timeout=30) == 0, server.log()
+    # The log tells the shutdown: health NOT_SERVING after it was SERVING, then "stopped".
+    lines = server.lines
+    serving = max(i for i, line in enumerate(lines) if line.endswith("health: SERVING"))
+    after = "\n".join(lines[serving + 1 :])
+    assert "health: NOT_SERVING" in after and after.endswith("stopped"), server.log()
 
 
 def serve_command(*extra: str) -> list[str]:

@@ -1,6 +1,7 @@
 """The `sam3-grpc` command: `serve` runs the server, `cluster` runs several behind Envoy;
 `segment`, `track`, `status` and `health` talk to one. One module per command; `common.py`
-holds what the client commands share."""
+holds what the client commands share; `serve_process.py` runs `serve` as a child process
+(for `cluster`, the benchmarks and the tests)."""
 
 from __future__ import annotations
 

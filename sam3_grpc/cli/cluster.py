@@ -31,13 +31,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sam3_grpc.cli.serve_process import ChildLog, ServeProcess, describe_exit
 from sam3_grpc.envoy_config import (
     EnvoyAdmin,
     find_envoy,
@@ -147,99 +147,75 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def _relay(stream, prefix: str) -> None:
-    """Copies a child's log lines to ours, prefixed with which child it is."""
-    for line in stream:
-        sys.stderr.write(f"{prefix} {line}" if line.strip() else line)
-    stream.close()
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-        return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
 @dataclass
 class Replica:
     index: int
     device: str
     port: int
     directory: Path
-    process: subprocess.Popen | None = None
-    started_at: float = 0.0
+    server: ServeProcess | None = None
     restarts: int = 0
     failures_in_a_row: int = 0
     next_start_at: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return f"replica {self.index} ({self.device}, port {self.port})"
 
     @property
-    def port_file(self) -> Path:
-        return self.directory / "port.json"
+    def started_at(self) -> float:
+        return self.server.started_at if self.server is not None else 0.0
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Its port file while it runs and is SERVING; empty otherwise."""
+        if self.server is None or not self.server.alive:
+            return {}
+        return self.server.info
 
     def start(self, serve_args: list[str], drain_delay: float) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.port_file.unlink()
-        command = [
-            sys.executable,
-            "-m",
-            "sam3_grpc.cli",
-            "serve",
-            "--drain-delay",
-            str(drain_delay),  # before the pass-through: a --drain-delay there wins
-            *serve_args,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--device",
-            self.device,
-            "--upload-dir",
-            str(self.directory / "uploads"),
-            "--port-file",
-            str(self.port_file),
-        ]
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
+        self.server = ServeProcess(
+            [
+                "--drain-delay",
+                str(drain_delay),  # before the pass-through: a --drain-delay there wins
+                *serve_args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--device",
+                self.device,
+                "--upload-dir",
+                str(self.directory / "uploads"),
+            ],
+            port_file=self.directory / "port.json",
+            relay_prefix=f"[replica {self.index}]",
             # Its own session: a Ctrl-C in the terminal reaches only the launcher, which then
             # stops the children in order (replicas drain while Envoy still forwards).
             start_new_session=True,
         )
-        threading.Thread(
-            target=_relay, args=(self.process.stderr, f"[replica {self.index}]"), daemon=True
-        ).start()
-        self.started_at = time.monotonic()
         self.next_start_at = None
-        self.info = {}
 
     def poll_ready(self) -> bool:
         """True once the replica wrote its port file (health SERVING)."""
-        if not self.info:
-            try:
-                self.info = json.loads(self.port_file.read_text(encoding="utf-8"))
-            except (FileNotFoundError, json.JSONDecodeError):
-                return False
-        return True
+        return self.server is not None and self.server.ready()
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.server is not None and self.server.alive
+
+    def exit_description(self) -> str:
+        code = self.server.returncode if self.server is not None else None
+        return "is not running" if code is None else describe_exit(code)
 
     def signal(self, signum: int) -> None:
-        if self.alive():
-            assert self.process is not None
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signum)
+        if self.server is not None:
+            self.server.signal(signum)
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM unless already sent, drain, exit; killed after `timeout` seconds."""
+        if self.server is not None:
+            self.server.stop(timeout)
 
 
 class Cluster:
@@ -284,9 +260,8 @@ class Cluster:
                     pending.remove(replica)
                     logger.info("%s is SERVING", replica.name)
                 elif not replica.alive():
-                    assert replica.process is not None
                     raise RuntimeError(
-                        f"{replica.name} {_describe_exit(replica.process.returncode)} "
+                        f"{replica.name} {replica.exit_description()} "
                         "before it was ready (its log is above)"
                     )
             if time.monotonic() > deadline:
@@ -327,12 +302,13 @@ class Cluster:
             bufsize=1,
             start_new_session=True,
         )
-        threading.Thread(target=_relay, args=(self.envoy.stderr, "[envoy]"), daemon=True).start()
+        assert self.envoy.stderr is not None
+        ChildLog(self.envoy.stderr, keep_lines=100, relay_prefix="[envoy]")
         self.admin = EnvoyAdmin(admin_port)
         deadline = time.monotonic() + 60
         while not self.admin.ready():
             if self.envoy.poll() is not None:
-                raise RuntimeError(f"envoy {_describe_exit(self.envoy.returncode)} at start")
+                raise RuntimeError(f"envoy {describe_exit(self.envoy.returncode)} at start")
             if time.monotonic() > deadline or self.stopping:
                 raise RuntimeError("envoy did not become ready within 60 s")
             time.sleep(0.05)
@@ -377,7 +353,7 @@ class Cluster:
                     "index": replica.index,
                     "device": replica.device,
                     "port": replica.port,
-                    "pid": replica.process.pid if replica.process else None,
+                    "pid": replica.server.pid if replica.server else None,
                     "metrics_port": replica.info.get("metrics_port"),
                     "ready": bool(replica.info),
                     "restarts": replica.restarts,
@@ -397,9 +373,7 @@ class Cluster:
         while not self.stopping:
             assert self.envoy is not None
             if self.envoy.poll() is not None:
-                logger.error(
-                    "envoy %s; stopping the cluster", _describe_exit(self.envoy.returncode)
-                )
+                logger.error("envoy %s; stopping the cluster", describe_exit(self.envoy.returncode))
                 return EXIT_FAILED
             if self.rolling_requested:
                 self.rolling_requested = False
@@ -425,17 +399,15 @@ class Cluster:
                 replica.failures_in_a_row = 0
             return False
         if replica.next_start_at is None:
-            assert replica.process is not None
             backoff = RESTART_BACKOFF_S[min(replica.failures_in_a_row, len(RESTART_BACKOFF_S) - 1)]
             logger.error(
                 "%s %s; its video sessions are lost; starting it again in %.0f s",
                 replica.name,
-                _describe_exit(replica.process.returncode),
+                replica.exit_description(),
                 backoff,
             )
             replica.failures_in_a_row += 1
             replica.next_start_at = now + backoff
-            replica.info = {}
             return True
         if now >= replica.next_start_at:
             replica.restarts += 1
@@ -450,9 +422,7 @@ class Cluster:
             if self.stopping:
                 return
             logger.info("restarting %s", replica.name)
-            replica.signal(signal.SIGTERM)
-            if replica.process is not None:
-                self._wait_exit(replica.process, self._stop_budget())
+            replica.stop(self._stop_budget())
             replica.restarts += 1
             replica.start(self.serve_args, self.args.drain_delay)
             deadline = time.monotonic() + self.args.start_timeout
@@ -490,8 +460,7 @@ class Cluster:
             replica.signal(signal.SIGTERM)
         budget = time.monotonic() + self._stop_budget()
         for replica in self.replicas:
-            if replica.process is not None:
-                self._wait_exit(replica.process, max(0.1, budget - time.monotonic()))
+            replica.stop(max(0.1, budget - time.monotonic()))
         if self.envoy is not None and self.envoy.poll() is None:
             self.envoy.terminate()
             self._wait_exit(self.envoy, 15)

@@ -4,11 +4,7 @@ status clients handle (and counted), and a shutdown with health watchers logs no
 
 from __future__ import annotations
 
-import json
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability_support import small_clip, wait_for
 from test_hostile_media import reason_of
 
+from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import common_pb2, status_service_pb2, status_service_pb2_grpc
 from sam3_grpc.v1 import segmentation_service_pb2 as seg_pb
@@ -110,21 +107,10 @@ def _tiny_png() -> bytes:
 
 
 # ----- item 19: shutting down with health watchers ---------------------------------------------
-def test_a_shutdown_with_live_health_watchers_logs_no_error(tmp_path):
-    port_file = tmp_path / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "sam3_grpc.cli", "serve", "--model", "synthetic",
-            "--port", "0", "--port-file", str(port_file), "--grace", "1",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+def test_a_shutdown_with_live_health_watchers_logs_no_error():
     endings: list[str] = []
-    try:
-        wait_for(port_file.exists, timeout=30, what="server ready")
-        port = json.loads(port_file.read_text())["port"]
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    with ServeProcess(["--model", "synthetic", "--grace", "1"]) as server:
+        channel = grpc.insecure_channel(server.wait_ready(30).target)
         stub = health_pb2_grpc.HealthStub(channel)
 
         def watch(service: str) -> None:
@@ -143,12 +129,11 @@ def test_a_shutdown_with_live_health_watchers_logs_no_error(tmp_path):
         for watcher in watchers:
             watcher.start()
         time.sleep(0.5)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        code = server.stop(timeout=30)
     for watcher in watchers:
         watcher.join(10)
     channel.close()
-    assert process.returncode == 0
+    log = server.log()
+    assert code == 0, log
     assert len(endings) == 3
-    assert " ERROR " not in stderr and "Traceback" not in stderr, stderr
+    assert " ERROR " not in log and "Traceback" not in log, log

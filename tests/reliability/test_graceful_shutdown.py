@@ -12,8 +12,6 @@ import os
 import pathlib
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -24,6 +22,7 @@ from reliability_support import NOT_SERVING, SERVING, small_clip
 from test_executor import segment_request
 from test_video import upload_files, upload_requests
 
+from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import (
     common_pb2,
@@ -37,75 +36,30 @@ GRACE_S = 2.0
 ENDED_BY_SHUTDOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
-class ServerProcess:
-    """`python -m sam3_grpc.cli serve` with its stderr collected line by line."""
-
-    def __init__(self, upload_dir: str) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sam3_grpc.cli",
-                "serve",
-                "--model",
-                "synthetic",
-                "--port",
-                "0",
-                "--grace",
-                str(GRACE_S),
-                "--synthetic-latency-ms",
-                "20",
-                "--upload-dir",
-                upload_dir,
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=os.getcwd(),
-        )
-        self.lines: list[tuple[float, str]] = []
-        self.port: int | None = None
-        self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-            if "health: SERVING" in line:
-                self.ready.set()
-
-    def log(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-    def finish(self, timeout: float) -> int:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(10)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def served(tmp_path):
     upload_dir = tmp_path / "uploads"
-    server = ServerProcess(str(upload_dir))
+    server = ServeProcess(
+        [
+            "--model",
+            "synthetic",
+            "--grace",
+            str(GRACE_S),
+            "--synthetic-latency-ms",
+            "20",
+            "--upload-dir",
+            str(upload_dir),
+        ]
+    )
     try:
-        assert server.ready.wait(60), "the server never became SERVING:\n" + server.log()
-        assert server.port
-        yield server, upload_dir
+        yield server.wait_ready(60), upload_dir
     finally:
         server.kill()
 
 
 def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
     server, upload_dir = served
-    target = f"127.0.0.1:{server.port}"
+    target = server.target
     channel = grpc.insecure_channel(target)
     video = video_service_pb2_grpc.VideoServiceStub(channel)
     # Two sessions: a long video (300 frames x 20 ms >> grace) and a short one.
@@ -186,7 +140,7 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
         threads.append(short)
         _wait(lambda: any(name == "short-frame" for _, name, _ in events))
         sent_at = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
+        server.signal(signal.SIGTERM)
         _wait(lambda: any(s == NOT_SERVING for _, n, s in events if n == "health"))
         # New calls are refused.
         refused_channel = grpc.insecure_channel(target)
@@ -196,7 +150,7 @@ def test_sigterm_drains_then_exits_cleanly(served, tmp_path):
             )
         refused_channel.close()
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
-        assert server.finish(timeout=30) == 0, server.log()
+        assert server.stop(timeout=30) == 0, server.log()
     finally:
         stop_upload.set()
         for thread in threads:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +15,7 @@ from reliability_support import small_clip, wait_for
 from test_hostile_media import reason_of
 from test_video import upload_requests
 
+from sam3_grpc.cli.serve_process import ServeProcess
 from sam3_grpc.engines.synthetic import SyntheticEngine
 from sam3_grpc.v1 import video_service_pb2 as pb
 from sam3_grpc.v1 import video_service_pb2_grpc
@@ -122,39 +120,13 @@ def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(tmp_path):
     """A server process limited to writing 64 KiB per file (RLIMIT_FSIZE): a write past it fails
     exactly as on a full disk (EFBIG; ENOSPC and EDQUOT are handled alike)."""
     upload_dir = tmp_path / "uploads"
-    port_file = tmp_path / "port"
-
-    def limit_writes() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
-
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sam3_grpc.cli",
-            "serve",
-            "--model",
-            "synthetic",
-            "--port",
-            "0",
-            "--upload-dir",
-            str(upload_dir),
-            "--log-level",
-            "WARNING",
-            "--port-file",
-            str(port_file),
-        ],
-        preexec_fn=limit_writes,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(port_file.exists, timeout=30, what="server ready")
-        import json
-
-        port = json.loads(port_file.read_text())["port"]
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with ServeProcess(
+        ["--model", "synthetic", "--upload-dir", str(upload_dir), "--log-level", "WARNING"]
+    ) as server:
+        server.wait_ready(30)
+        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG instead of killing.
+        resource.prlimit(server.pid, resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+        with grpc.insecure_channel(server.target) as channel:
             video = video_service_pb2_grpc.VideoServiceStub(channel)
             data = os.urandom(512 << 10)
             with pytest.raises(grpc.RpcError) as caught:
@@ -162,11 +134,8 @@ def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(tmp_path):
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert reason_of(caught.value) == "DISK_FULL"
             assert upload_files(upload_dir) == []
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr
+        assert server.stop() == 0, server.log()
+    assert "Traceback" not in server.log()
 
 
 # ----- item 5: several servers sharing one --upload-dir ----------------------------------------
@@ -205,31 +174,11 @@ def test_servers_sharing_an_upload_dir_never_touch_each_other(start_server, tmp_
 
 def test_the_uploads_of_a_killed_server_are_removed_by_the_next(tmp_path):
     shared = tmp_path / "shared"
-    port_file = tmp_path / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sam3_grpc.cli",
-            "serve",
-            "--model",
-            "synthetic",
-            "--port",
-            "0",
-            "--upload-dir",
-            str(shared),
-            "--port-file",
-            str(port_file),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(port_file.exists, timeout=30, what="server ready")
+    with ServeProcess(["--model", "synthetic", "--upload-dir", str(shared)]) as server:
+        server.wait_ready(30)
         (instance,) = shared.glob("sam3-grpc-*")
         (instance / "upload-leftover.mp4").write_bytes(b"x")
-    finally:
-        process.kill()  # no clean shutdown: the lock dies with the process
-        process.wait(10)
+        server.kill()  # no clean shutdown: the lock dies with the process
     assert instance.exists()
     from conftest import launch
 
