@@ -144,15 +144,13 @@ def bench_propagate(target: str, video_name: str, frames: int) -> dict:
 def engine_rate(path: str, frames: int) -> float:
     """Frames/s of the synthetic engine alone, in this process, on the same video and prompts
     (OpenCV on one thread, as in the server): the ceiling the service can reach."""
-    from pathlib import Path
-
     from sam3_grpc.domain import Prompt
     from sam3_grpc.engines.synthetic import SyntheticEngine
-    from sam3_grpc.media.video import probe_video
+    from sam3_grpc.media.frames import open_window
 
     cv2.setNumThreads(1)
     engine = SyntheticEngine()
-    state = engine.start_session(probe_video(Path(path), max_frames=10**6, max_pixels=10**8))
+    state = engine.start_session(open_window(path, engine.frame_preparer(), capacity=16))
     for colour in ("red", "green", "blue", "yellow", "magenta"):
         engine.add_prompt(state, 0, Prompt(text=colour), None)
     started = time.perf_counter()
