@@ -29,6 +29,7 @@ import abc
 import bisect
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -50,6 +51,10 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp")  # as sam
 SUPPORTED = "MP4, MOV, MKV, WEBM, AVI or FLV (codecs FFmpeg decodes), or a folder of images"
 
 T = TypeVar("T")
+
+# passed(index, pixels): a frame decoded on the way to the one asked for; pixels() converts it to
+# RGB, and is only worth calling for a frame the caller keeps.
+Passed = Callable[[int, Callable[[], np.ndarray]], None]
 
 
 @dataclass(frozen=True)
@@ -121,9 +126,9 @@ class FrameSource(abc.ABC):
     def frame_count(self) -> int:
         return self.info.frame_count
 
-    def read(self, index: int, passed: Callable[[int, np.ndarray], None] | None = None) -> Any:
+    def read(self, index: int, passed: Passed | None = None) -> Any:
         """Frame `index` as an RGB uint8 array (H, W, 3). Frames decoded on the way to it (after
-        a seek) are offered to passed(index, frame), so a caller walking backwards can keep
+        a seek) are offered to `passed` (see `Passed`), so a caller walking backwards can keep
         them. DataLoss when the frame cannot be decoded."""
         if not 0 <= index < self.info.frame_count:
             raise InvalidArgument(
@@ -138,7 +143,7 @@ class FrameSource(abc.ABC):
             return self._read(index, passed)
 
     @abc.abstractmethod
-    def _read(self, index: int, passed: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
+    def _read(self, index: int, passed: Passed | None) -> np.ndarray:
         """Called under the lock."""
 
     def close(self) -> None:
@@ -194,6 +199,9 @@ class ContainerFrames(FrameSource):
         # count aligned, padded sizes, hence the margin; read() refuses any other size).
         context.thread_count = 1
         context.options = {"max_pixels": str(_decoder_pixel_limit(width * height))}
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
         timestamps, keys = self._index(limits)
         if not timestamps:
             raise invalid_video("the video has no frames")
@@ -235,7 +243,7 @@ class ContainerFrames(FrameSource):
         last = len(self._pts) - 1
         decoded = -1
 
-        def seen(position: int, frame: np.ndarray) -> None:
+        def seen(position: int, pixels: Callable[[], np.ndarray]) -> None:
             nonlocal decoded
             decoded = max(decoded, position)
 
@@ -331,7 +339,7 @@ class ContainerFrames(FrameSource):
             self.decoded += 1
         return frame
 
-    def _read(self, index: int, passed: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
+    def _read(self, index: int, passed: Passed | None) -> np.ndarray:
         import av
 
         # Decode on from where the decoder is when that is no longer than from a key frame.
@@ -357,14 +365,21 @@ class ContainerFrames(FrameSource):
                 position = bisect.bisect_left(self._pts, pts)
                 self._next = position + 1
                 if pts == target:
-                    return frame.to_ndarray(format="rgb24")
+                    return self._rgb(frame)
                 if passed is not None and position >= self._valid_from:
-                    passed(position, frame.to_ndarray(format="rgb24"))
+                    passed(position, functools.partial(self._rgb, frame))
         except av.FFmpegError as exc:
             self._next = -1
             raise unreadable_frame(index, "the decoder failed") from exc
         self._next = -1
         raise unreadable_frame(index, "it is missing from the stream")
+
+    def _rgb(self, frame: Any) -> np.ndarray:
+        """RGB pixels of a decoded frame, converted as OpenCV's FFmpeg reader converts them
+        (bicubic swscale; sam3's own MP4 loader reads through OpenCV), with one converter kept
+        for the whole video (a new one per frame costs more than the conversion)."""
+        converted = self._reformatter.reformat(frame, format="rgb24", interpolation="BICUBIC")
+        return converted.to_ndarray()
 
     def _release(self) -> None:
         container = getattr(self, "_container", None)
@@ -416,7 +431,7 @@ class FolderFrames(FrameSource):
             folder.close()
             raise
 
-    def _read(self, index: int, passed: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
+    def _read(self, index: int, passed: Passed | None) -> np.ndarray:
         limits = ImageLimits(
             max_bytes=self._limits.max_frame_file_bytes,
             max_pixels=self.info.width * self.info.height,
@@ -521,10 +536,10 @@ class FrameWindow(Generic[T]):
         start = index
         keep_from = index - self.capacity + 1  # frames just before k, for a backward walk
 
-        def passed(position: int, frame: np.ndarray) -> None:
+        def passed(position: int, pixels: Callable[[], np.ndarray]) -> None:
             self.decoded += 1
             if keep_from <= position < start:
-                self._remember(position, self._prepare(frame))
+                self._remember(position, self._prepare(pixels()))
 
         frame = self.source.read(index, passed)
         self.decoded += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -135,6 +136,8 @@ class Sam3Server:
         self.executor.add_depth_listener(runtime.health.on_queue_depth)
         await self.sessions.start()
         engine = runtime.engine
+        # The video decoder's libraries load while the model does, not in the first session.
+        decoder = asyncio.ensure_future(runtime.on_cpu(importlib.import_module, "av"))
         started = time.monotonic()
         await asyncio.wrap_future(self.executor.run_soon(lambda e: e.load(), label="load"))
         runtime.load_s = time.monotonic() - started
@@ -142,6 +145,7 @@ class Sam3Server:
         await asyncio.wrap_future(self.executor.run_soon(lambda e: e.warmup(), label="warmup"))
         runtime.warmup_s = time.monotonic() - started
         self.sessions.budget = await runtime.on_cpu(memory_budget, self.settings, engine)
+        await decoder
         info = engine.info
         logger.info(
             "model %s (%s) on %s ready: load %.1f s, warm-up %.1f s, weights: %s",

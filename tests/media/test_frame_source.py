@@ -191,3 +191,28 @@ def test_a_header_that_under_declares_its_frames_is_not_trusted(tmp_path, monkey
         assert source.read(2999)[0, 0, 0] == pytest.approx(2999 % 256, abs=3)
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("container", list(CONTAINERS))
+def test_pixels_are_those_of_sams_own_video_loader(container, tmp_path):
+    """sam3's MP4 loader reads with OpenCV (cv2.VideoCapture, BGR to RGB): the frame source
+    gives the very same pixels, so frames reach the model as in Meta's pipeline."""
+    import cv2
+
+    extension, codec, options = CONTAINERS[container]
+    path = write_clip(tmp_path / f"clip{extension}", codec, COUNT, GOP, **options)
+    capture = cv2.VideoCapture(path)
+    theirs = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        theirs.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    source = open_frames(path, LIMITS)
+    try:
+        assert source.info.frame_count == len(theirs) == COUNT
+        for index in (*range(COUNT), 5, 31, 0):  # sequentially, then by seeking
+            assert np.array_equal(source.read(index), theirs[index]), index
+    finally:
+        source.close()
