@@ -466,15 +466,20 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+LONG_FRAMES = 960
+
+
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory) -> VideoSource:
-    """240 frames: their float16 copies (0.3 MB each at 224 px) make the session's memory stand
-    out of the process RSS, which is about 1 GB."""
+    """Enough frames that their float16 copies (75 kB each at the tiny preset's 112 px) make the
+    session's memory stand out of the process RSS, which is about 1 GB."""
     folder = tmp_path_factory.mktemp("long")
     frames = clip_frames(12)
-    for i in range(240):
+    for i in range(LONG_FRAMES):
         cv2.imwrite(str(folder / f"{i}.jpg"), frames[i % 12])
-    return VideoSource(str(folder), VideoInfo(240, 30.0, WIDTH, HEIGHT), is_frame_folder=True)
+    return VideoSource(
+        str(folder), VideoInfo(LONG_FRAMES, 30.0, WIDTH, HEIGHT), is_frame_folder=True
+    )
 
 
 def run_session(engine, source):
