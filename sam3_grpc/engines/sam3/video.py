@@ -100,12 +100,19 @@ class HostFrames:
         self._frames.clear()
 
 
+_HALF = torch.tensor(0.5, dtype=torch.float16)
+
+
 def _frame_tensor(rgb, size: int) -> torch.Tensor:
-    """One RGB frame (PIL image) as sam3's JPEG loader prepares it, stored as float16."""
+    """One RGB frame (PIL image) as sam3's JPEG-folder loader prepares it, bit for bit: resized,
+    scaled to [0, 1], stored as float16, then normalised in float16 (mean and std 0.5) — the
+    float16 rounding before the normalisation changes the last bit of about half the values."""
     import torchvision.transforms.functional as TF
 
-    tensor = TF.to_tensor(TF.resize(rgb, size=[size, size]))
-    return ((tensor - 0.5) / 0.5).to(torch.float16)
+    tensor = TF.to_tensor(TF.resize(rgb, size=[size, size])).to(torch.float16)
+    tensor -= _HALF
+    tensor /= _HALF
+    return tensor
 
 
 def _sorted_frame_names(folder: str) -> list[str]:
