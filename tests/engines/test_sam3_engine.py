@@ -37,6 +37,9 @@ from sam3_grpc.types import (
 
 HEIGHT, WIDTH = 120, 160
 FRAMES = 6
+# The tiny preset's random detector scores this phrase above its thresholds on `clip_frames`, so
+# objects are born and tracked (test_video_matches_metas_own_propagation checks that they are).
+VIDEO_TEXT = "a thing"
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +309,7 @@ def test_video_text_prompt_and_propagation_in_every_direction(engine, frame_fold
     session = engine.start_session(frame_folder)
     try:
         assert engine.session_nbytes(session) > 0
-        output, ids = engine.add_prompt(session, 2, Prompt(text="red square"), None)
+        output, ids = engine.add_prompt(session, 2, Prompt(text=VIDEO_TEXT), None)
         assert output.frame_index == 2
         check_detections(output.objects)
         assert ids == [o.object_id for o in output.objects]
@@ -325,7 +328,7 @@ def test_video_text_prompt_and_propagation_in_every_direction(engine, frame_fold
 def test_video_propagation_capped_and_from_the_ends(engine, frame_folder):
     session = engine.start_session(frame_folder)
     try:
-        engine.add_prompt(session, FRAMES - 1, Prompt(text="red square"), None)
+        engine.add_prompt(session, FRAMES - 1, Prompt(text=VIDEO_TEXT), None)
         forward, backward = propagation_plan(FRAMES, Direction.BACKWARD, FRAMES - 1, max_frames=3)
         assert indices(engine.propagate(session, forward, backward)) == backward
         # frames never computed are computed now, computed ones are replayed
@@ -338,10 +341,57 @@ def test_video_propagation_capped_and_from_the_ends(engine, frame_folder):
         engine.close_session(session)
 
 
+def meta_propagation(engine, source, text):
+    """Meta's own pipeline on the engine's model, as `Sam3VideoPredictor` drives it (init_state on
+    the JPEG folder, add_prompt, propagate_in_video), under the engine's CPU context."""
+    model = engine._model
+    with engine._context(video=True):
+        state = model.init_state(resource_path=source.path)
+        _, prompted = model.add_prompt(state, frame_idx=0, text_str=text)
+        outputs = list(
+            model.propagate_in_video(
+                state, start_frame_idx=0, max_frame_num_to_track=source.info.frame_count - 1
+            )
+        )
+    return state, prompted, outputs
+
+
+def assert_same_frame(ours, frame_index, theirs):
+    assert ours.frame_index == frame_index
+    assert [o.object_id for o in ours.objects] == theirs["out_obj_ids"].tolist()
+    for obj, prob, mask in zip(
+        ours.objects, theirs["out_probs"], theirs["out_binary_masks"], strict=True
+    ):
+        assert obj.score == pytest.approx(min(1.0, max(0.0, float(prob))), abs=1e-6)
+        assert np.array_equal(obj.mask, np.asarray(mask, dtype=bool))
+
+
+def test_video_matches_metas_own_propagation(engine, frame_folder):
+    """Same weights, same frames, same CPU context: the session's frames, objects, scores and masks
+    are those of Meta's pipeline, frame for frame (births during the run and the object cap
+    included)."""
+    state, prompted, reference = meta_propagation(engine, frame_folder, VIDEO_TEXT)
+    session = engine.start_session(frame_folder)
+    try:
+        for i in range(FRAMES):
+            assert torch.equal(session.frames[i], state["input_batch"].img_batch[i])
+        output, ids = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
+        assert_same_frame(output, 0, prompted)
+        outputs = list(engine.propagate(session, list(range(FRAMES)), []))
+        assert len(outputs) == len(reference) == FRAMES
+        for ours, (index, theirs) in zip(outputs, reference, strict=True):
+            assert_same_frame(ours, index, theirs)
+        # the clip is long enough for the tiny tracker to reach its object cap
+        assert len(engine.object_ids(session)) == engine._model.max_num_objects
+        assert sum(len(o.objects) for o in outputs) > 0
+    finally:
+        engine.close_session(session)
+
+
 def test_video_cancelled_propagation_leaves_the_session_usable(engine, frame_folder):
     session = engine.start_session(frame_folder)
     try:
-        engine.add_prompt(session, 0, Prompt(text="red square"), None)
+        engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         stream = engine.propagate(session, list(range(FRAMES)), [])
         first = next(stream)
         assert first.frame_index == 0
@@ -388,7 +438,7 @@ def test_video_points_remove_and_reset(engine, frame_folder):
         assert engine.object_ids(session) == [] and engine.prompted_frames(session) == []
         with pytest.raises(FailedPrecondition):
             engine.propagate(session, [0], [])
-        output, _ = engine.add_prompt(session, 0, Prompt(text="red square"), None)
+        output, _ = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         assert output.frame_index == 0
     finally:
         engine.close_session(session)
@@ -398,7 +448,7 @@ def test_video_box_prompt(engine, frame_folder):
     session = engine.start_session(frame_folder)
     try:
         output, _ = engine.add_prompt(
-            session, 0, Prompt(text="red square", boxes=(LabeledBox(Box(20, 30, 70, 80)),)), None
+            session, 0, Prompt(text=VIDEO_TEXT, boxes=(LabeledBox(Box(20, 30, 70, 80)),)), None
         )
         check_detections(output.objects)
         outputs = list(engine.propagate(session, list(range(FRAMES)), []))
@@ -444,7 +494,7 @@ def test_video_file(engine, mp4):
         # scaled like sam3's JPEG loader: [0, 1] then mean/std 0.5
         values = torch.stack([frames[i] for i in range(len(frames))])
         assert values.dtype == torch.float16 and values.min() >= -1.01 and values.max() <= 1.01
-        output, _ = engine.add_prompt(session, 0, Prompt(text="red square"), None)
+        output, _ = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         check_detections(output.objects)
         assert indices(engine.propagate(session, [0, 1, 2, 3], [])) == [0, 1, 2, 3]
     finally:
@@ -484,7 +534,7 @@ def long_clip(tmp_path_factory) -> VideoSource:
 
 def run_session(engine, source):
     session = engine.start_session(source)
-    engine.add_prompt(session, 0, Prompt(text="red square"), None)
+    engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
     for _ in engine.propagate(session, [0, 1, 2, 3], []):
         pass
     return session

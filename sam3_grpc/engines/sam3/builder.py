@@ -75,15 +75,15 @@ class TinySpec:
     # mostly empty, so hot start never retracts them) until the cap, where sam3 refuses new
     # objects. sam3 keeps one tracker state per frame on which objects were born
     # (`_tracker_add_new_objects`) and runs each state every frame, so the cap bounds the
-    # per-frame cost: about 12 ms of one CPU core per state at 112 px (BENCHMARKS.md). 8 keeps
-    # several objects and states, and a short clip reaches the cap, exercising its path too. A
+    # per-frame cost: about 12 ms of one CPU core per state at 112 px (BENCHMARKS.md). 4 keeps
+    # several objects and states, and a 6-frame clip reaches the cap, exercising its path too. A
     # 4-frame hot start (Meta: 15, with removal after 8 unmatched or duplicate frames) makes
     # short test clips exercise both the release of withheld frames during propagation and the
     # flush at its end.
     new_det_thresh: float = 0.6
     hotstart_delay: int = 4
     hotstart_thresh: int = 2
-    max_num_objects: int = 8
+    max_num_objects: int = 4
 
     @property
     def feat_size(self) -> int:
