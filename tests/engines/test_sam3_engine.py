@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sam3_grpc.engines.base import propagation_plan
-from sam3_grpc.engines.sam3 import Sam3Engine
+from sam3_grpc.engines.sam3 import Sam3Engine, compat
 from sam3_grpc.engines.sam3.video import HostFrames
 from sam3_grpc.engines.sam3.weights import locate_checkpoint
 from sam3_grpc.errors import (
@@ -34,6 +34,8 @@ from sam3_grpc.types import (
     VideoInfo,
     VideoSource,
 )
+
+pytestmark = pytest.mark.sam3
 
 HEIGHT, WIDTH = 120, 160
 FRAMES = 6
@@ -377,6 +379,7 @@ def test_video_matches_metas_own_propagation(engine, frame_folder):
             assert torch.equal(session.frames[i], state["input_batch"].img_batch[i])
         output, ids = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         assert_same_frame(output, 0, prompted)
+        assert ids == prompted["out_obj_ids"].tolist()
         outputs = list(engine.propagate(session, list(range(FRAMES)), []))
         assert len(outputs) == len(reference) == FRAMES
         for ours, (index, theirs) in zip(outputs, reference, strict=True):
@@ -386,6 +389,49 @@ def test_video_matches_metas_own_propagation(engine, frame_folder):
         assert sum(len(o.objects) for o in outputs) > 0
     finally:
         engine.close_session(session)
+
+
+def stored_memory_dtypes(session) -> set[torch.dtype]:
+    """Dtypes of the tracker memories a session stored (sam3 casts them to bfloat16)."""
+    return {
+        out["maskmem_features"].dtype
+        for tracker_state in session.state["tracker_inference_states"]
+        for outputs in tracker_state["output_dict"].values()
+        for out in outputs.values()
+        if out.get("maskmem_features") is not None
+    }
+
+
+def run_video(engine, source, frames: int):
+    session = engine.start_session(source)
+    engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
+    outputs = list(engine.propagate(session, list(range(frames)), []))
+    return session, outputs
+
+
+@pytest.mark.skipif(compat.cpu_has_fast_bf16(), reason="needs a CPU without native bf16")
+def test_video_runs_in_float32_on_a_cpu_without_bf16(engine, frame_folder):
+    session, outputs = run_video(engine, frame_folder, 3)
+    try:
+        assert indices(outputs) == [0, 1, 2]
+        assert stored_memory_dtypes(session) == {torch.float32}
+    finally:
+        engine.close_session(session)
+
+
+def test_video_under_bf16_autocast_as_on_cuda(frame_folder):
+    """`cpu_bf16=True`: sam3's own precision (bf16 autocast, bf16 memories) still runs on the CPU
+    (the default on CPUs with native bf16)."""
+    bf16 = Sam3Engine(preset="sam3-tiny", device="cpu", cpu_bf16=True)
+    bf16.load()
+    session, outputs = run_video(bf16, frame_folder, 3)
+    try:
+        assert indices(outputs) == [0, 1, 2]
+        assert stored_memory_dtypes(session) == {torch.bfloat16}
+        for out in outputs:
+            check_detections(out.objects)
+    finally:
+        bf16.close_session(session)
 
 
 def test_video_cancelled_propagation_leaves_the_session_usable(engine, frame_folder):
