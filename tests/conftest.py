@@ -8,6 +8,8 @@ count calls or hold steps.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +25,28 @@ from sam3_grpc.v1 import (
     status_service_pb2_grpc,
     video_service_pb2_grpc,
 )
+
+# OpenMP's default wait policy makes torch's worker threads spin between parallel regions. On a
+# shared 2-core machine, when another process holds a core, the spinning thread takes the time the
+# other worker needs, and sam3's many small ops ran 7-15x slower (BENCHMARKS.md, "SAM 3, tiny
+# preset on this CPU"); sleeping threads cost little on an idle machine. libgomp reads it when
+# torch loads (none of the imports above loads torch); server subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """`-m "not sam3"` (make test-fast) promises that Meta's sam3 never runs: a test that imports
+    it without the `sam3` marker fails the run."""
+    if "not sam3" in (session.config.option.markexpr or "") and "sam3" in sys.modules:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(
+                "Meta's sam3 was imported although sam3 tests were deselected: mark the test "
+                "that imports it with @pytest.mark.sam3",
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass

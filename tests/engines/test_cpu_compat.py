@@ -1,4 +1,7 @@
-"""Unit tests of the CPU compatibility layer for Meta's sam3 (sam3_grpc/engines/sam3/compat.py)."""
+"""Unit tests of the CPU compatibility layer for Meta's sam3 (sam3_grpc/engines/sam3/compat.py).
+
+The tests that import or run sam3 itself carry the `sam3` marker; the others need only torch.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ def test_edt_cpu_without_background_matches_the_triton_sentinel():
     assert torch.all(got == 1e9)
 
 
+@pytest.mark.sam3  # imports and runs Meta's sam3
 def test_edt_dispatch_is_what_sam3_tracker_utils_sees_on_cpu():
     compat.install_cpu_patches()
     import sam3.model.sam3_tracker_utils as tracker_utils
@@ -93,6 +97,7 @@ def test_connected_components_cpu_empty_batch(shape):
     assert labels.shape == shape and counts.shape == shape
 
 
+@pytest.mark.sam3  # imports and runs Meta's sam3
 def test_sam3_hole_filling_survives_a_frame_without_objects():
     """The original crash: sam3's post-processing on zero masks (torch.stack of [])."""
     compat.install_cpu_patches()
@@ -138,7 +143,7 @@ def test_cuda_to_cpu_mode_is_scoped():
         torch.zeros(1, device="cuda")
 
 
-def test_cpu_context_adds_bf16_autocast_only_for_video():
+def test_cpu_context_adds_bf16_autocast_only_when_asked():
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with compat.cpu_context():
         assert (a @ b).dtype == torch.float32
@@ -147,6 +152,40 @@ def test_cpu_context_adds_bf16_autocast_only_for_video():
     assert not torch.is_autocast_enabled("cpu")
 
 
+def test_float32_context_keeps_sams_bf16_casts_in_float32():
+    """sam3 casts memories and tracker features with `.to(torch.bfloat16)`; in float32 mode those
+    casts of float32 tensors keep float32, and every other conversion is untouched."""
+    x = torch.randn(2, 3)
+    with compat.cpu_context():
+        kept = [
+            x.to(torch.bfloat16),
+            x.to(dtype=torch.bfloat16),
+            x.bfloat16(),
+            x.to("cuda", torch.bfloat16, non_blocking=True),
+            x.to(device="cuda:0", dtype=torch.bfloat16),
+        ]
+        converted = [x.half().to(torch.bfloat16), x.to(torch.float16), x.to(torch.bfloat16) + 0]
+        features = torch.randn(1, 4, 3, 3)
+        conv = torch.nn.Conv2d(4, 4, 3)
+        assert conv(features.to(torch.bfloat16)).dtype == torch.float32  # the original failure
+    for t in kept:
+        assert t.dtype == torch.float32 and t.device.type == "cpu" and torch.equal(t, x)
+    assert [t.dtype for t in converted] == [torch.bfloat16, torch.float16, torch.float32]
+    with compat.cpu_context(bf16_autocast=True):
+        assert x.to(torch.bfloat16).dtype == torch.bfloat16
+    assert x.to(torch.bfloat16).dtype == torch.bfloat16  # scoped
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability().startswith("AVX512"),
+    reason="needs a CPU without AVX-512",
+)
+def test_no_fast_bf16_without_avx512():
+    """This is the probe that makes video run in float32 by default (Sam3Engine(cpu_bf16=None))."""
+    assert compat.cpu_has_fast_bf16() is False
+
+
+@pytest.mark.sam3  # imports and runs Meta's sam3
 def test_sam3_position_encoding_builds_on_cpu_under_the_mode():
     """sam3/model/position_encoding.py precomputes on device="cuda" at construction."""
     compat.import_sam3_quietly()
@@ -159,7 +198,10 @@ def test_sam3_position_encoding_builds_on_cpu_under_the_mode():
 
 # ----- imports ------------------------------------------------------------------------------
 def test_stub_edt_module_when_triton_is_missing(monkeypatch):
-    monkeypatch.delitem(sys.modules, "sam3.model.edt", raising=False)
+    # Restores sys.modules afterwards (undo runs last-in first-out), so the stub never leaks
+    # into a later test that imports sam3.
+    monkeypatch.setitem(sys.modules, "sam3.model.edt", None)
+    monkeypatch.delitem(sys.modules, "sam3.model.edt")
     real_find_spec = compat.importlib.util.find_spec
     monkeypatch.setattr(
         compat.importlib.util,

@@ -21,21 +21,25 @@ from sam3_grpc.domain import (
     LabeledPoint,
     ModelKind,
     Prompt,
-    VideoInfo,
-    VideoSource,
 )
 from sam3_grpc.engines.base import propagation_plan
-from sam3_grpc.engines.sam3 import Sam3Engine
-from sam3_grpc.engines.sam3.video import HostFrames
+from sam3_grpc.engines.sam3 import Sam3Engine, compat
+from sam3_grpc.engines.sam3.video import WindowFrames
 from sam3_grpc.engines.sam3.weights import locate_checkpoint
 from sam3_grpc.errors import (
     ConfigurationError,
     FailedPrecondition,
     InvalidArgument,
 )
+from sam3_grpc.media.frames import open_window
+
+pytestmark = pytest.mark.sam3
 
 HEIGHT, WIDTH = 120, 160
 FRAMES = 6
+# The tiny preset's random detector scores this phrase above its thresholds on `clip_frames`, so
+# objects are born and tracked (test_video_matches_metas_own_propagation checks that they are).
+VIDEO_TEXT = "a thing"
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +68,26 @@ def clip_frames(count: int) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def frame_folder(tmp_path_factory) -> VideoSource:
+def frame_folder(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("frames")
     for i, frame in enumerate(clip_frames(FRAMES)):
         cv2.imwrite(str(folder / f"{i:05d}.jpg"), frame)
-    return VideoSource(str(folder), VideoInfo(FRAMES, 10.0, WIDTH, HEIGHT), is_frame_folder=True)
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
-def mp4(tmp_path_factory) -> VideoSource:
+def mp4(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (WIDTH, HEIGHT))
     for frame in clip_frames(4):
         writer.write(frame)
     writer.release()
-    return VideoSource(str(path), VideoInfo(4, 10.0, WIDTH, HEIGHT))
+    return str(path)
+
+
+def start(engine: Sam3Engine, path: str, capacity: int = 16):
+    """A session on a video, read through a frame window as the server reads it."""
+    return engine.start_session(open_window(path, engine.frame_preparer(), capacity=capacity))
 
 
 def check_detections(detections, height=HEIGHT, width=WIDTH):
@@ -153,8 +162,8 @@ def test_missing_checkpoint_explains_how_to_get_the_weights(tmp_path, monkeypatc
     for needle in (
         "--checkpoint",
         "facebook/sam3",
-        "huggingface-cli login",
-        "huggingface-cli download facebook/sam3 sam3.pt",
+        "hf auth login",
+        "hf download facebook/sam3 sam3.pt",
         "sam3-tiny",
     ):
         assert needle in message
@@ -302,10 +311,10 @@ def indices(outputs) -> list[int]:
 
 
 def test_video_text_prompt_and_propagation_in_every_direction(engine, frame_folder):
-    session = engine.start_session(frame_folder)
+    session = start(engine, frame_folder)
     try:
         assert engine.session_nbytes(session) > 0
-        output, ids = engine.add_prompt(session, 2, Prompt(text="red square"), None)
+        output, ids = engine.add_prompt(session, 2, Prompt(text=VIDEO_TEXT), None)
         assert output.frame_index == 2
         check_detections(output.objects)
         assert ids == [o.object_id for o in output.objects]
@@ -322,9 +331,9 @@ def test_video_text_prompt_and_propagation_in_every_direction(engine, frame_fold
 
 
 def test_video_propagation_capped_and_from_the_ends(engine, frame_folder):
-    session = engine.start_session(frame_folder)
+    session = start(engine, frame_folder)
     try:
-        engine.add_prompt(session, FRAMES - 1, Prompt(text="red square"), None)
+        engine.add_prompt(session, FRAMES - 1, Prompt(text=VIDEO_TEXT), None)
         forward, backward = propagation_plan(FRAMES, Direction.BACKWARD, FRAMES - 1, max_frames=3)
         assert indices(engine.propagate(session, forward, backward)) == backward
         # frames never computed are computed now, computed ones are replayed
@@ -337,10 +346,99 @@ def test_video_propagation_capped_and_from_the_ends(engine, frame_folder):
         engine.close_session(session)
 
 
-def test_video_cancelled_propagation_leaves_the_session_usable(engine, frame_folder):
-    session = engine.start_session(frame_folder)
+def meta_propagation(engine, folder: str, text: str, frames: int = FRAMES):
+    """Meta's own pipeline on the engine's model, as `Sam3VideoPredictor` drives it (init_state on
+    the JPEG folder, add_prompt, propagate_in_video), under the engine's CPU context."""
+    model = engine._model
+    with engine._context(video=True):
+        state = model.init_state(resource_path=folder)
+        _, prompted = model.add_prompt(state, frame_idx=0, text_str=text)
+        outputs = list(
+            model.propagate_in_video(state, start_frame_idx=0, max_frame_num_to_track=frames - 1)
+        )
+    return state, prompted, outputs
+
+
+def assert_same_frame(ours, frame_index, theirs):
+    assert ours.frame_index == frame_index
+    assert [o.object_id for o in ours.objects] == theirs["out_obj_ids"].tolist()
+    for obj, prob, mask in zip(
+        ours.objects, theirs["out_probs"], theirs["out_binary_masks"], strict=True
+    ):
+        assert obj.score == pytest.approx(min(1.0, max(0.0, float(prob))), abs=1e-6)
+        assert np.array_equal(obj.mask, np.asarray(mask, dtype=bool))
+
+
+def test_video_matches_metas_own_propagation(engine, frame_folder):
+    """Same weights, same frames, same CPU context: the session's frames, objects, scores and masks
+    are those of Meta's pipeline, frame for frame (births during the run and the object cap
+    included)."""
+    state, prompted, reference = meta_propagation(engine, frame_folder, VIDEO_TEXT)
+    session = start(engine, frame_folder)
     try:
-        engine.add_prompt(session, 0, Prompt(text="red square"), None)
+        for i in range(FRAMES):
+            assert torch.equal(session.frames[i], state["input_batch"].img_batch[i])
+        output, ids = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
+        assert_same_frame(output, 0, prompted)
+        assert ids == prompted["out_obj_ids"].tolist()
+        outputs = list(engine.propagate(session, list(range(FRAMES)), []))
+        assert len(outputs) == len(reference) == FRAMES
+        for ours, (index, theirs) in zip(outputs, reference, strict=True):
+            assert_same_frame(ours, index, theirs)
+        # the clip is long enough for the tiny tracker to reach its object cap
+        assert len(engine.object_ids(session)) == engine._model.max_num_objects
+        assert sum(len(o.objects) for o in outputs) > 0
+    finally:
+        engine.close_session(session)
+
+
+def stored_memory_dtypes(session) -> set[torch.dtype]:
+    """Dtypes of the tracker memories a session stored (sam3 casts them to bfloat16)."""
+    return {
+        out["maskmem_features"].dtype
+        for tracker_state in session.state["tracker_inference_states"]
+        for outputs in tracker_state["output_dict"].values()
+        for out in outputs.values()
+        if out.get("maskmem_features") is not None
+    }
+
+
+def run_video(engine, source, frames: int):
+    session = start(engine, source)
+    engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
+    outputs = list(engine.propagate(session, list(range(frames)), []))
+    return session, outputs
+
+
+@pytest.mark.skipif(compat.cpu_has_fast_bf16(), reason="needs a CPU without native bf16")
+def test_video_runs_in_float32_on_a_cpu_without_bf16(engine, frame_folder):
+    session, outputs = run_video(engine, frame_folder, 3)
+    try:
+        assert indices(outputs) == [0, 1, 2]
+        assert stored_memory_dtypes(session) == {torch.float32}
+    finally:
+        engine.close_session(session)
+
+
+def test_video_under_bf16_autocast_as_on_cuda(frame_folder):
+    """`cpu_bf16=True`: sam3's own precision (bf16 autocast, bf16 memories) still runs on the CPU
+    (the default on CPUs with native bf16)."""
+    bf16 = Sam3Engine(preset="sam3-tiny", device="cpu", cpu_bf16=True)
+    bf16.load()
+    session, outputs = run_video(bf16, frame_folder, 3)
+    try:
+        assert indices(outputs) == [0, 1, 2]
+        assert stored_memory_dtypes(session) == {torch.bfloat16}
+        for out in outputs:
+            check_detections(out.objects)
+    finally:
+        bf16.close_session(session)
+
+
+def test_video_cancelled_propagation_leaves_the_session_usable(engine, frame_folder):
+    session = start(engine, frame_folder)
+    try:
+        engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         stream = engine.propagate(session, list(range(FRAMES)), [])
         first = next(stream)
         assert first.frame_index == 0
@@ -356,7 +454,7 @@ def test_video_cancelled_propagation_leaves_the_session_usable(engine, frame_fol
 
 
 def test_video_points_remove_and_reset(engine, frame_folder):
-    session = engine.start_session(frame_folder)
+    session = start(engine, frame_folder)
     try:
         # clicks before any text prompt create an object of their own
         output, ids = engine.add_prompt(session, 1, Prompt(points=(LabeledPoint(45, 55),)), None)
@@ -387,17 +485,17 @@ def test_video_points_remove_and_reset(engine, frame_folder):
         assert engine.object_ids(session) == [] and engine.prompted_frames(session) == []
         with pytest.raises(FailedPrecondition):
             engine.propagate(session, [0], [])
-        output, _ = engine.add_prompt(session, 0, Prompt(text="red square"), None)
+        output, _ = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         assert output.frame_index == 0
     finally:
         engine.close_session(session)
 
 
 def test_video_box_prompt(engine, frame_folder):
-    session = engine.start_session(frame_folder)
+    session = start(engine, frame_folder)
     try:
         output, _ = engine.add_prompt(
-            session, 0, Prompt(text="red square", boxes=(LabeledBox(Box(20, 30, 70, 80)),)), None
+            session, 0, Prompt(text=VIDEO_TEXT, boxes=(LabeledBox(Box(20, 30, 70, 80)),)), None
         )
         check_detections(output.objects)
         outputs = list(engine.propagate(session, list(range(FRAMES)), []))
@@ -407,7 +505,7 @@ def test_video_box_prompt(engine, frame_folder):
 
 
 def test_video_unsupported_requests(engine, frame_folder):
-    session = engine.start_session(frame_folder)
+    session = start(engine, frame_folder)
     try:
         with pytest.raises(FailedPrecondition):
             engine.propagate(session, [0, 1], [])
@@ -436,28 +534,36 @@ def test_video_unsupported_requests(engine, frame_folder):
 
 
 def test_video_file(engine, mp4):
-    session = engine.start_session(mp4)
+    session = start(engine, mp4)
     try:
         frames = session.frames
-        assert isinstance(frames, HostFrames) and len(frames) == 4
+        assert isinstance(frames, WindowFrames) and len(frames) == 4
         # scaled like sam3's JPEG loader: [0, 1] then mean/std 0.5
         values = torch.stack([frames[i] for i in range(len(frames))])
         assert values.dtype == torch.float16 and values.min() >= -1.01 and values.max() <= 1.01
-        output, _ = engine.add_prompt(session, 0, Prompt(text="red square"), None)
+        output, _ = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         check_detections(output.objects)
         assert indices(engine.propagate(session, [0, 1, 2, 3], [])) == [0, 1, 2, 3]
     finally:
         engine.close_session(session)
 
 
-def test_tensor_nbytes_counts_each_storage_once():
+def test_tensor_nbytes_counts_each_storage_once(engine, frame_folder):
     from sam3_grpc.engines.sam3.video import tensor_nbytes
 
     big = torch.zeros(1000)  # 4000 bytes
-    frames = HostFrames([torch.zeros(10, dtype=torch.float16) for _ in range(3)])  # 60 bytes
-    state = {"a": big, "b": [big[:10], big.view(10, 100)], "frames": frames, "again": frames}
-    assert tensor_nbytes([state, frames]) == 4060
-    assert tensor_nbytes(state, exclude={big.untyped_storage().data_ptr()}) == 60
+    window = open_window(frame_folder, engine.frame_preparer(), capacity=4)
+    try:
+        for index in range(3):
+            window.get(index)
+        frames = WindowFrames(window)  # its window's frames: 3 x 3 x 112 x 112 float16
+        held = 3 * engine.frame_preparer().frame_bytes()
+        assert window.nbytes == held
+        state = {"a": big, "b": [big[:10], big.view(10, 100)], "frames": frames, "again": frames}
+        assert tensor_nbytes([state, frames]) == 4000 + held
+        assert tensor_nbytes(state, exclude={big.untyped_storage().data_ptr()}) == held
+    finally:
+        window.close()
 
 
 def rss() -> int:
@@ -465,20 +571,24 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+LONG_FRAMES = 960
+
+
 @pytest.fixture(scope="module")
-def long_clip(tmp_path_factory) -> VideoSource:
-    """240 frames: their float16 copies (0.3 MB each at 224 px) make the session's memory stand
-    out of the process RSS, which is about 1 GB."""
+def long_clip(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("long")
     frames = clip_frames(12)
-    for i in range(240):
+    for i in range(LONG_FRAMES):
         cv2.imwrite(str(folder / f"{i}.jpg"), frames[i % 12])
-    return VideoSource(str(folder), VideoInfo(240, 30.0, WIDTH, HEIGHT), is_frame_folder=True)
+    return str(folder)
 
 
-def run_session(engine, source):
-    session = engine.start_session(source)
-    engine.add_prompt(session, 0, Prompt(text="red square"), None)
+def run_session(engine, path):
+    """A session whose window holds every frame of the clip (a window as large as the video),
+    so that its memory stands out of the process RSS (about 1 GB)."""
+    session = start(engine, path, capacity=LONG_FRAMES)
+    session.frames.window.prefetch(range(LONG_FRAMES))
+    engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
     for _ in engine.propagate(session, [0, 1, 2, 3], []):
         pass
     return session
@@ -491,7 +601,7 @@ def test_close_session_frees_its_memory(engine, long_clip):
     session = run_session(engine, long_clip)
     held = engine.session_nbytes(session)
     tensors = []
-    stack = [session.state, list(session.frames._frames)]
+    stack = [session.state, [session.frames[i] for i in range(LONG_FRAMES)]]
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
@@ -500,6 +610,7 @@ def test_close_session_frees_its_memory(engine, long_clip):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+    del stack, item
     during = rss()
     engine.close_session(session)
     del session

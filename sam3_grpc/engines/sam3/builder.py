@@ -11,7 +11,7 @@ for `build_sam3_image_model` + `build_sam3_video_model`).
 Presets:
 - "sam3": Meta's own `sam3.model_builder.build_sam3_video_model`, unchanged, with the checkpoint
   loaded strictly (`weights.locate_checkpoint` finds it; no download).
-- "sam3-tiny": the same sam3 classes composed with small widths and depths and a 224-pixel input,
+- "sam3-tiny": the same sam3 classes composed with small widths and depths and a 112-pixel input,
   initialised deterministically from a fixed seed. Its masks are meaningless; it exists so the real
   sam3 code paths run in tests and development on a CPU in seconds. Meta's builders hard-code the
   1008-pixel resolution in several places (ViT `img_size`, position-encoding precompute, decoder
@@ -49,7 +49,10 @@ TINY_SEED = 20251123
 class TinySpec:
     """Sizes of the tiny preset. Every field is a knob of a sam3 class, not a new architecture."""
 
-    resolution: int = 224  # multiple of PATCH_SIZE
+    # A multiple of PATCH_SIZE: an 8x8 feature map. At 224 px the detector's fixed cost (the
+    # 256-channel necks and pixel decoder at 4x the feature size) doubled the per-frame time of
+    # video on a 2-core CPU (BENCHMARKS.md); every code path is the same at either size.
+    resolution: int = 112
     vit_dim: int = 64
     vit_depth: int = 2
     vit_heads: int = 2
@@ -72,14 +75,18 @@ class TinySpec:
     # Video. A lower bar for new objects than Meta's 0.7, which random scores barely reach. The
     # tiny tracker and detector are unrelated random functions: their masks never match, so a
     # confident detection starts a new object on most frames (the random tracker's own masks are
-    # mostly empty, so hot start never retracts them); the cap bounds the per-frame cost (sam3
-    # refuses new objects beyond it). A 4-frame hot start (Meta: 15, with removal after 8
-    # unmatched or duplicate frames) makes short test clips exercise both the release of withheld
-    # frames during propagation and the flush at its end.
+    # mostly empty, so hot start never retracts them) until the cap, where sam3 refuses new
+    # objects. sam3 keeps one tracker state per frame on which objects were born
+    # (`_tracker_add_new_objects`) and runs each state every frame, so the cap bounds the
+    # per-frame cost: about 12 ms of one CPU core per state at 112 px (BENCHMARKS.md). 4 keeps
+    # several objects and states, and a 6-frame clip reaches the cap, exercising its path too. A
+    # 4-frame hot start (Meta: 15, with removal after 8 unmatched or duplicate frames) makes
+    # short test clips exercise both the release of withheld frames during propagation and the
+    # flush at its end.
     new_det_thresh: float = 0.6
     hotstart_delay: int = 4
     hotstart_thresh: int = 2
-    max_num_objects: int = 16
+    max_num_objects: int = 4
 
     @property
     def feat_size(self) -> int:
@@ -450,13 +457,15 @@ def build_video_model(
     bpe_path: str,
     checkpoint_path: str | None,
     compile: bool = False,
+    tiny_spec: TinySpec = TINY,
 ):
-    """Builds the preset's model on `device`, in eval mode, gradients off."""
+    """Builds the preset's model on `device`, in eval mode, gradients off. `tiny_spec` sizes the
+    tiny preset (benchmarks compare sizes with it)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     with build_context(device):
         if preset == PRESET_TINY:
-            model = build_tiny_video_model(bpe_path)
+            model = build_tiny_video_model(bpe_path, tiny_spec)
             model = model.to(device)
         else:
             from sam3.model_builder import build_sam3_video_model

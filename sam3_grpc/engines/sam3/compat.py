@@ -17,10 +17,20 @@ exactly as Meta ships it.
    - `sam3/model/io_utils.py`: `.cuda()` on loaded frames (unless offloaded to CPU).
    It is entered around each call (and around each step of a generator, never across a `yield`,
    because the mode stack is per thread and must stay balanced between interleaved jobs).
-2. `torch.autocast("cpu", dtype=torch.bfloat16)` around video calls:
-   `sam3/model/sam3_video_inference.py` and `sam3/model/sam3_tracking_predictor.py` rely on a CUDA
-   bf16 autocast (disabled on CPU) while `sam3_tracking_predictor.py` casts memories to bfloat16
-   explicitly, which otherwise fails with "Input type (c10::BFloat16) and bias type (float)".
+2. Precision of video calls. `sam3/model/sam3_video_inference.py` and
+   `sam3/model/sam3_tracking_predictor.py` run under a CUDA bf16 autocast (disabled on the CPU),
+   and two places cast to bfloat16 explicitly whatever the autocast: the stored memories
+   (`maskmem_features.to(torch.bfloat16)` in `sam3_tracking_predictor.py`) and the tracker's
+   backbone features (`backbone_fpn_bf16` in `sam3/model/sam3_image.py`). On a CPU, float32
+   weights then meet bfloat16 activations: "Input type (c10::BFloat16) and bias type (float)".
+   Two answers, chosen per engine (`cpu_context(bf16_autocast=...)`):
+   - float32 (the default where the CPU has no bf16 units, `cpu_has_fast_bf16()`):
+     `CudaToCpuMode(keep_float32=True)` turns those explicit casts of float32 tensors to
+     bfloat16 into no-ops, so video runs in float32 like images. A CPU without bf16 units
+     (AVX2 only) emulates bf16 convolutions and matmuls one element at a time: 20-100x slower
+     than float32 here (see BENCHMARKS.md). Stored memories take 4 bytes a value instead of 2.
+   - bf16: `torch.autocast("cpu", dtype=torch.bfloat16)` around video calls, which is what sam3
+     does on CUDA; worth it only on CPUs that compute bf16 natively (AVX512-BF16, AMX).
 3. `connected_components_cpu` replaces the function of the same name in
    `sam3/perflib/connected_components.py`: the original crashes on an empty batch
    (`torch.stack([])`, reached whenever a frame has no object) and counts component sizes with one
@@ -62,34 +72,68 @@ def _is_cuda(device: object) -> bool:
     return False
 
 
-_NOOP_METHOD_NAMES = frozenset({"cuda", "pin_memory"})
+_CPU = torch.device("cpu")
+_NO_OPS = frozenset({torch.Tensor.cuda, torch.Tensor.pin_memory})
+_CASTS = frozenset({torch.Tensor.to, torch.Tensor.bfloat16})
+_SPECIAL = _NO_OPS | _CASTS
 
 
 class CudaToCpuMode(TorchFunctionMode):
     """Runs code that hard-codes CUDA on the CPU: cuda devices become cpu, `.cuda()` and
-    `.pin_memory()` return the tensor unchanged."""
+    `.pin_memory()` return the tensor unchanged.
+
+    keep_float32: casts of float32 tensors to bfloat16 (`.to(torch.bfloat16)`, `.bfloat16()`)
+        leave them in float32 (workaround 2).
+
+    Every torch call in its scope passes through `__torch_function__`, so the common case (no
+    device argument, no special method) takes two checks.
+    """
+
+    def __init__(self, *, keep_float32: bool = False) -> None:
+        super().__init__()
+        self.keep_float32 = keep_float32
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs) if kwargs else {}
-        name = getattr(func, "__name__", "")
-        if (
-            name in _NOOP_METHOD_NAMES
-            and args
-            and isinstance(args[0], torch.Tensor)
-            and func in (torch.Tensor.cuda, torch.Tensor.pin_memory)
-        ):
-            return args[0]
-        if _is_cuda(kwargs.get("device")):
-            kwargs["device"] = torch.device("cpu")
-        if name == "to" and any(_is_cuda(a) for a in args[1:]):
-            args = tuple(torch.device("cpu") if _is_cuda(a) else a for a in args)
+        if kwargs is None:
+            kwargs = {}
+        elif "device" in kwargs and _is_cuda(kwargs["device"]):
+            kwargs = {**kwargs, "device": _CPU}
+        if func in _SPECIAL:
+            if func in _NO_OPS:
+                return args[0]
+            if self.keep_float32 and _casts_float32_to_bf16(func, args, kwargs):
+                if func is torch.Tensor.bfloat16:
+                    return args[0]
+                args = tuple(a for a in args if a is not torch.bfloat16)
+                kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+            if func is torch.Tensor.to and any(_is_cuda(a) for a in args[1:]):
+                args = tuple(_CPU if _is_cuda(a) else a for a in args)
         return func(*args, **kwargs)
+
+
+def _casts_float32_to_bf16(func, args, kwargs) -> bool:
+    tensor = args[0] if args else None
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        return False
+    if func is torch.Tensor.bfloat16:
+        return True
+    return kwargs.get("dtype") is torch.bfloat16 or any(a is torch.bfloat16 for a in args[1:])
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU (AVX512-BF16 / AMX class hardware);
+    the test PyTorch's own compiler uses (`torch._inductor.utils.is_mkldnn_bf16_supported`)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager
 def cpu_context(*, bf16_autocast: bool = False) -> Iterator[None]:
-    """Everything a sam3 call needs on the CPU: device rewriting, plus bf16 autocast for video."""
-    with CudaToCpuMode():
+    """Everything a sam3 call needs on the CPU: device rewriting, plus either bf16 autocast (as
+    sam3 runs on CUDA) or float32 throughout, sam3's explicit bf16 casts dropped (workaround 2)."""
+    with CudaToCpuMode(keep_float32=not bf16_autocast):
         if bf16_autocast:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 yield

@@ -8,7 +8,9 @@ sam3's tracker enables for its whole process, made explicit per call so it holds
 with TF32 matmuls on Ampere or newer and the chosen GPU current (sam3 puts some caches on the bare
 "cuda" device). `compile=True` enables sam3's own `torch.compile` set-up (`_compile_model`) after
 an eager warm-up. On the CPU every call runs under the compatibility layer (`compat.py`), in fp32
-for images and under bf16 autocast for video (which sam3's tracker requires); `compile` is ignored.
+for images; video runs in fp32 too, sam3's explicit bf16 casts dropped, unless the CPU computes
+bf16 natively (then under bf16 autocast, as on CUDA; `cpu_bf16` overrides the choice);
+`compile` is ignored.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from sam3_grpc.engines.sam3.builder import (
     REAL_MAX_OBJECTS,
     REAL_RESOLUTION,
     TINY,
+    TinySpec,
     build_video_model,
 )
 from sam3_grpc.engines.sam3.image import DEFAULT_SCORE_THRESHOLD, ImagePredictor
@@ -86,6 +89,11 @@ class Sam3Engine(Engine):
     compile: torch.compile as sam3 sets it up, on CUDA only, during `warmup()`.
     hf_offline: whether the hub is declared offline (default: HF_HUB_OFFLINE). The engine never
         downloads either way; the flag only shapes the error message.
+    cpu_bf16: on the CPU, run video calls under bf16 autocast (True) or in float32 (False);
+        default: bf16 only where the CPU computes it natively (`compat.cpu_has_fast_bf16`).
+        Ignored on CUDA, which always runs sam3's bf16 autocast.
+    tiny_spec: the sizes of the sam3-tiny preset (default `builder.TINY`), for benchmarks that
+        compare sizes; only with preset "sam3-tiny".
     """
 
     def __init__(
@@ -97,17 +105,24 @@ class Sam3Engine(Engine):
         bpe_path: str | None = None,
         compile: bool = False,
         hf_offline: bool | None = None,
+        cpu_bf16: bool | None = None,
+        tiny_spec: TinySpec | None = None,
     ) -> None:
         if preset not in PRESETS:
             raise ConfigurationError(f"unknown model preset {preset!r}; choose one of {PRESETS}")
         if preset == PRESET_TINY and checkpoint:
             raise ConfigurationError("the sam3-tiny preset has random weights; drop --checkpoint")
+        if tiny_spec is not None and preset != PRESET_TINY:
+            raise ConfigurationError("tiny_spec applies to the sam3-tiny preset only")
         self._preset = preset
         self._device = resolve_device(device)
         self._checkpoint = checkpoint
         self._bpe_path = bpe_path
         self._compile = bool(compile)
         self._hf_offline = hf_offline
+        self._cpu_bf16 = cpu_bf16
+        self._tiny_spec = tiny_spec or TINY
+        self._video_bf16 = False  # resolved by load() on the CPU
         self._model: Any = None
         self._image: ImagePredictor | None = None
         self._video: Any = None
@@ -159,6 +174,13 @@ class Sam3Engine(Engine):
             compat.install_cpu_patches()
             if self._compile:
                 logger.warning("compile=True is ignored on the CPU")
+            self._video_bf16 = (
+                compat.cpu_has_fast_bf16() if self._cpu_bf16 is None else self._cpu_bf16
+            )
+            logger.info(
+                "video calls on the CPU compute in %s",
+                "bfloat16 (autocast)" if self._video_bf16 else "float32",
+            )
         else:
             compat.import_sam3_quietly()
             major, _ = torch.cuda.get_device_capability(self._device)
@@ -172,6 +194,7 @@ class Sam3Engine(Engine):
                 bpe_path=bpe_path,
                 checkpoint_path=checkpoint_path,
                 compile=self._compile and not cpu,
+                tiny_spec=self._tiny_spec,
             )
         except (RuntimeError, KeyError, ValueError, OSError) as exc:
             if checkpoint_path is None or isinstance(exc, torch.OutOfMemoryError):
@@ -225,7 +248,7 @@ class Sam3Engine(Engine):
     def _context(self, video: bool = False) -> Iterator[None]:
         with torch.inference_mode():
             if self._device.type == "cpu":
-                with compat.cpu_context(bf16_autocast=video):
+                with compat.cpu_context(bf16_autocast=video and self._video_bf16):
                     yield
             else:
                 with torch.cuda.device(self._device), torch.autocast("cuda", dtype=torch.bfloat16):
