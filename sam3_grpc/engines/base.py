@@ -74,9 +74,11 @@ class Engine(abc.ABC, Generic[ImageState, SessionState]):
     `predict`); SessionState is one video session's state.
     """
 
-    # The most objects one video session may track: a prompt that would pass it is refused with
-    # ResourceExhausted(OBJECT_LIMIT), and `session_budget` is computed at this limit.
-    max_objects: int
+    @property
+    @abc.abstractmethod
+    def max_objects(self) -> int:
+        """The most objects one video session may track: a prompt that would pass it is refused
+        with ResourceExhausted(OBJECT_LIMIT), and `session_budget` is computed at this limit."""
 
     @property
     @abc.abstractmethod

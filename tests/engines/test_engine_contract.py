@@ -77,11 +77,17 @@ def test_info_memory_and_budget(engine, clip_path):
     video = VideoInfo(frame_count=20_000, fps=30.0, width=640, height=360)
     small = engine.session_budget(video, window_frames=4)
     large = engine.session_budget(video, window_frames=16)
-    # Bounded whatever the video's length: the same at 20,000 frames as at 20.
     short = engine.session_budget(VideoInfo(20, 30.0, 640, 360), window_frames=16)
-    assert small.host_bytes + small.device_bytes > 0
-    assert large.host_bytes + large.device_bytes > small.host_bytes + small.device_bytes
-    assert (short.host_bytes, short.device_bytes) == (large.host_bytes, large.device_bytes)
+
+    def total(budget) -> int:
+        return budget.host_bytes + budget.device_bytes
+
+    assert total(small) > 0
+    assert total(large) > total(small)  # the frame window is part of it
+    # Model state is bounded whatever the video's length; only the compact per-frame results
+    # (RLE masks on the host, at most a few KiB per object and frame) grow with it.
+    per_frame = (total(large) - total(short)) / (20_000 - 20)
+    assert 0 <= per_frame <= engine.max_objects * 8 * 1024
 
 
 # ----- images -------------------------------------------------------------------------------
@@ -156,7 +162,7 @@ def test_a_session_from_start_to_close(engine, clip_path):
     assert len(created) == 1 and created[0] > 0
     first = created[0]
     assert output.frame_index == 0
-    assert first in [d.object_id for d in output.objects]
+    assert first in engine.object_ids(session)  # on the frame too, unless its mask is empty
     for detection in output.objects:
         assert detection.mask.shape == (HEIGHT, WIDTH) and detection.mask.dtype == np.bool_
 

@@ -247,7 +247,6 @@ def test_points(engine, image):
         Prompt(text="cat", points=(LabeledPoint(5, 5),)),
         Prompt(points=(LabeledPoint(5, 5),), boxes=(LabeledBox(Box(0, 0, 9, 9)),) * 2),
         Prompt(points=(LabeledPoint(5, 5),), boxes=(LabeledBox(Box(0, 0, 9, 9), False),)),
-        Prompt(points=(LabeledPoint(500, 5),)),
         Prompt(boxes=(LabeledBox(Box(500, 500, 600, 600)),)),
     ],
 )
@@ -359,9 +358,14 @@ def meta_propagation(engine, folder: str, text: str, frames: int = FRAMES):
     return state, prompted, outputs
 
 
+def api_ids(sam3_ids) -> list[int]:
+    """sam3 numbers objects from 0, the API from 1."""
+    return [int(i) + 1 for i in sam3_ids]
+
+
 def assert_same_frame(ours, frame_index, theirs):
     assert ours.frame_index == frame_index
-    assert [o.object_id for o in ours.objects] == theirs["out_obj_ids"].tolist()
+    assert [o.object_id for o in ours.objects] == api_ids(theirs["out_obj_ids"])
     for obj, prob, mask in zip(
         ours.objects, theirs["out_probs"], theirs["out_binary_masks"], strict=True
     ):
@@ -380,7 +384,7 @@ def test_video_matches_metas_own_propagation(engine, frame_folder):
             assert torch.equal(session.frames[i], state["input_batch"].img_batch[i])
         output, ids = engine.add_prompt(session, 0, Prompt(text=VIDEO_TEXT), None)
         assert_same_frame(output, 0, prompted)
-        assert ids == prompted["out_obj_ids"].tolist()
+        assert ids == api_ids(prompted["out_obj_ids"])
         outputs = list(engine.propagate(session, list(range(FRAMES)), []))
         assert len(outputs) == len(reference) == FRAMES
         for ours, (index, theirs) in zip(outputs, reference, strict=True):
@@ -469,18 +473,21 @@ def test_video_points_remove_and_reset(engine, frame_folder):
             session, 3, Prompt(points=(LabeledPoint(60, 55), LabeledPoint(5, 5, False))), clicked
         )
         assert ids == [clicked]
-        _, ids = engine.add_prompt(session, 3, Prompt(points=(LabeledPoint(150, 110),)), 42)
-        assert ids == [42]
+        # an id the session does not track is refused, not created
+        with pytest.raises(InvalidArgument, match="no object 42"):
+            engine.add_prompt(session, 3, Prompt(points=(LabeledPoint(150, 110),)), 42)
+        _, [second] = engine.add_prompt(session, 3, Prompt(points=(LabeledPoint(150, 110),)), None)
+        assert second > clicked >= 1
         assert engine.prompted_frames(session) == [1, 3]
         outputs = list(engine.propagate(session, *propagation_plan(FRAMES, Direction.BOTH, 3)))
         assert indices(outputs) == [3, 4, 5, 2, 1, 0]
-        engine.remove_object(session, 42)
-        assert 42 not in engine.object_ids(session)
+        engine.remove_object(session, second)
+        assert second not in engine.object_ids(session)
         assert engine.prompted_frames(session) == [1, 3]
         with pytest.raises(InvalidArgument):
-            engine.remove_object(session, 42)
+            engine.remove_object(session, second)
         outputs = list(engine.propagate(session, list(range(FRAMES)), []))
-        assert all(42 not in [o.object_id for o in out.objects] for out in outputs)
+        assert all(second not in [o.object_id for o in out.objects] for out in outputs)
         engine.reset_session(session)
         assert engine.object_ids(session) == [] and engine.prompted_frames(session) == []
         with pytest.raises(FailedPrecondition):

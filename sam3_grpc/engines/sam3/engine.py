@@ -328,6 +328,10 @@ class Sam3Engine(Engine):
             return SessionBudget(host_bytes=frames + objects)
         return SessionBudget(host_bytes=frames, device_bytes=objects)
 
+    @property
+    def max_objects(self) -> int:
+        return self._max_objects()
+
     def _max_objects(self) -> int:
         if self._model is not None:
             return int(self._model.max_num_objects)

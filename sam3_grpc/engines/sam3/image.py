@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam3_grpc.domain import Box, LabeledBox, LabeledPoint, Prompt, RawDetection
-from sam3_grpc.errors import InvalidArgument
+from sam3_grpc.domain import Box, LabeledBox, Prompt, RawDetection
+from sam3_grpc.errors import InvalidArgument, Reason
 
 # PCS candidates below this score are never returned (the server's default threshold is 0.5).
 SCORE_FLOOR = 0.05
@@ -63,21 +63,6 @@ def _clip_box(box: Box, width: int, height: int) -> tuple[float, float, float, f
             f"{width}x{height} image"
         )
     return x0, y0, x1, y1
-
-
-def _check_points(points: Sequence[LabeledPoint], width: int, height: int) -> None:
-    for p in points:
-        if not (0.0 <= p.x <= width and 0.0 <= p.y <= height):
-            raise InvalidArgument(f"point ({p.x}, {p.y}) lies outside the {width}x{height} image")
-
-
-def mask_box(mask: np.ndarray) -> Box | None:
-    """Tight pixel box of a boolean mask (x_max/y_max exclusive), None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return Box(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
 class ImagePredictor:
@@ -202,7 +187,12 @@ class ImagePredictor:
             for i, mask in enumerate(binary, start):
                 x0, y0, x1, y1 = (float(v) for v in corners[i])
                 detections.append(
-                    RawDetection(mask=mask, score=float(scores[i]), box=Box(x0, y0, x1, y1))
+                    RawDetection(
+                        mask=mask,
+                        score=float(scores[i]),
+                        object_id=i + 1,  # the contract: 1, 2, ... best score first
+                        box=Box(x0, y0, x1, y1),
+                    )
                 )
         return detections
 
@@ -225,14 +215,15 @@ class ImagePredictor:
         height, width = state["original_height"], state["original_width"]
         if prompt.text:
             raise InvalidArgument(
-                f"points cannot be combined with text; supported: {SUPPORTED_IMAGE_PROMPTS}"
+                f"points cannot be combined with text; supported: {SUPPORTED_IMAGE_PROMPTS}",
+                reason=Reason.UNSUPPORTED_PROMPT,
             )
         if len(prompt.boxes) > 1 or any(not b.positive for b in prompt.boxes):
             raise InvalidArgument(
                 "points can be combined with at most one positive box (the object's extent); "
-                f"supported: {SUPPORTED_IMAGE_PROMPTS}"
+                f"supported: {SUPPORTED_IMAGE_PROMPTS}",
+                reason=Reason.UNSUPPORTED_PROMPT,
             )
-        _check_points(prompt.points, width, height)
         coords = np.array([[p.x, p.y] for p in prompt.points], dtype=np.float32)
         labels = np.array([1 if p.positive else 0 for p in prompt.points], dtype=np.int32)
         box = None
@@ -254,8 +245,8 @@ class ImagePredictor:
         finally:
             predictor.reset_predictor()
         best = int(np.argmax(ious))
-        mask = masks[best].astype(bool)
-        return [RawDetection(mask=mask, score=float(ious[best]), box=mask_box(mask))]
+        # The best mask whatever its score: clicks always answer. The server derives the box.
+        return [RawDetection(mask=masks[best].astype(bool), score=float(ious[best]), object_id=1)]
 
     def _interactive_features(self, state: dict) -> dict:
         """The tracker-side image features `Sam3Image.predict_inst` builds, from the second neck

@@ -62,7 +62,6 @@ import numpy as np
 import torch
 
 from sam3_grpc.domain import FrameOutput, Prompt, RawDetection, VideoInfo
-from sam3_grpc.engines.sam3.image import mask_box
 from sam3_grpc.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
 from sam3_grpc.media.frames import FrameWindow
 
@@ -181,6 +180,25 @@ def release_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+# ----- object ids ---------------------------------------------------------------------------
+# sam3 numbers a session's objects from 0; the API from 1 (0 is protobuf's "unset"). The
+# mapping is applied here, at the edge of the engine, and nowhere else.
+def from_sam3_id(sam3_id: int) -> int:
+    return sam3_id + 1
+
+
+def to_sam3_id(object_id: int) -> int:
+    return object_id - 1
+
+
+def unknown_object(object_id: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"no object {object_id} in this session; GetSession lists the tracked objects",
+        reason=Reason.UNKNOWN_OBJECT,
+        metadata={"object_id": object_id},
+    )
+
+
 # ----- sessions -----------------------------------------------------------------------------
 @dataclass
 class VideoSession:
@@ -271,22 +289,20 @@ class VideoRunner:
             return self._add_clicks(session, frame_index, prompt, object_id)
         if object_id is not None:
             raise InvalidArgument(
-                "object_id applies to point prompts: text and box prompts re-detect every object"
+                "object_id applies to point prompts: text and box prompts re-detect every object",
+                reason=Reason.UNSUPPORTED_PROMPT,
             )
         if len(prompt.boxes) > 1:
             raise InvalidArgument(
                 "a video prompt takes at most one exemplar box (sam3 0.1.4); "
-                f"supported: {SUPPORTED_VIDEO_PROMPTS}"
+                f"supported: {SUPPORTED_VIDEO_PROMPTS}",
+                reason=Reason.UNSUPPORTED_PROMPT,
             )
         boxes_xywh = box_labels = None
         if prompt.boxes:
-            box = prompt.boxes[0].box
+            box = prompt.boxes[0].box  # clipped to the frame, with an area, by the server
             w, h = session.width, session.height
-            x0, y0 = max(0.0, box.x_min), max(0.0, box.y_min)
-            x1, y1 = min(float(w), box.x_max), min(float(h), box.y_max)
-            if x1 <= x0 or y1 <= y0:
-                raise InvalidArgument("the box has no area inside the video frame")
-            boxes_xywh = [[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h]]
+            boxes_xywh = [[box.x_min / w, box.y_min / h, box.width / w, box.height / h]]
             box_labels = [1 if prompt.boxes[0].positive else 0]
         with self.context():
             _, out = self.model.add_prompt(
@@ -308,22 +324,20 @@ class VideoRunner:
         if prompt.text or prompt.boxes:
             raise InvalidArgument(
                 "points cannot be combined with text or boxes; "
-                f"supported: {SUPPORTED_VIDEO_PROMPTS}"
+                f"supported: {SUPPORTED_VIDEO_PROMPTS}",
+                reason=Reason.UNSUPPORTED_PROMPT,
             )
-        w, h = session.width, session.height
-        for p in prompt.points:
-            if not (0.0 <= p.x <= w and 0.0 <= p.y <= h):
-                raise InvalidArgument(f"point ({p.x}, {p.y}) lies outside the {w}x{h} frame")
+        w, h = session.width, session.height  # points are inside the frame (the server checks)
         metadata = session.state["tracker_metadata"]
         known = [int(i) for i in metadata.get("obj_ids_all_gpu", [])]
         if object_id is None:
-            object_id = max([int(metadata.get("max_obj_id", -1)), *known]) + 1
-        elif object_id < 0:
-            raise InvalidArgument("object_id must be >= 0")
-        if object_id not in known and len(known) >= self.model.max_num_objects:
-            raise ResourceExhausted(
-                f"the session already tracks the maximum of {self.model.max_num_objects} objects"
-            )
+            sam3_id = max([int(metadata.get("max_obj_id", -1)), *known]) + 1
+            if len(known) >= self.model.max_num_objects:
+                raise self._object_limit()
+        else:
+            sam3_id = to_sam3_id(object_id)
+            if sam3_id not in known:
+                raise unknown_object(object_id)
         points = [[p.x / w, p.y / h] for p in prompt.points]
         labels = [1 if p.positive else 0 for p in prompt.points]
         session.state["cached_frame_outputs"].setdefault(frame_index, {})
@@ -333,22 +347,29 @@ class VideoRunner:
                 frame_idx=frame_index,
                 points=points,
                 point_labels=labels,
-                obj_id=int(object_id),
+                obj_id=sam3_id,
             )
         if len(result) != 2:  # sam3's (frame, ids, masks, masks) "object limit reached" reply
-            raise ResourceExhausted(
-                f"the session already tracks the maximum of {self.model.max_num_objects} objects"
-            )
+            raise self._object_limit()
         out = result[1]
-        session.click_frames.setdefault(int(object_id), set()).add(frame_index)
-        return self.frame_output(frame_index, out), [int(object_id)]
+        object_id = from_sam3_id(sam3_id)
+        session.click_frames.setdefault(object_id, set()).add(frame_index)
+        return self.frame_output(frame_index, out), [object_id]
+
+    def _object_limit(self) -> ResourceExhausted:
+        limit = int(self.model.max_num_objects)
+        return ResourceExhausted(
+            f"the session already tracks the maximum of {limit} objects; remove one first",
+            reason=Reason.OBJECT_LIMIT,
+            metadata={"limit": limit},
+        )
 
     def remove_object(self, session: VideoSession, object_id: int) -> None:
         self._check_usable(session)
         if object_id not in self.object_ids(session):
-            raise InvalidArgument(f"no object {object_id} in this session")
+            raise unknown_object(object_id)
         with self.context():
-            self.model.remove_object(session.state, object_id, is_user_action=True)
+            self.model.remove_object(session.state, to_sam3_id(object_id), is_user_action=True)
         session.click_frames.pop(object_id, None)
 
     def reset(self, session: VideoSession) -> None:
@@ -362,7 +383,7 @@ class VideoRunner:
         if session.closed:
             return []
         metadata = session.state.get("tracker_metadata") or {}
-        return sorted(int(i) for i in metadata.get("obj_ids_all_gpu", []))
+        return sorted(from_sam3_id(int(i)) for i in metadata.get("obj_ids_all_gpu", []))
 
     def prompted_frames(self, session: VideoSession) -> list[int]:
         frames = set().union(*session.click_frames.values()) if session.click_frames else set()
@@ -488,13 +509,11 @@ class VideoRunner:
             for obj_id, prob, mask in zip(
                 out["out_obj_ids"], out["out_probs"], out["out_binary_masks"], strict=False
             ):
-                mask = np.asarray(mask, dtype=bool)
                 objects.append(
                     RawDetection(
-                        mask=mask,
+                        mask=np.asarray(mask, dtype=bool),
                         score=float(min(1.0, max(0.0, float(prob)))),
-                        object_id=int(obj_id),
-                        box=mask_box(mask),
+                        object_id=from_sam3_id(int(obj_id)),
                     )
                 )
         return FrameOutput(frame_index=int(frame_index), objects=objects)

@@ -139,7 +139,9 @@ class SyntheticEngine(Engine[EncodedImage, SyntheticSession]):
     on an Event in it to hold the engine, or raise to inject a fault.
     """
 
-    max_objects = MAX_OBJECTS
+    @property
+    def max_objects(self) -> int:
+        return MAX_OBJECTS
 
     def __init__(self, *, latency_ms: float = 0.0, device: str = "cpu", min_area: int = 1) -> None:
         self.latency_ms = latency_ms
