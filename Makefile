@@ -37,9 +37,10 @@ typescript:
 test:
 	./scripts/test.sh
 
-# Skips the tests that run Meta's sam3 code (marker `sam3`): seconds instead of minutes.
+# The inner loop: skips the tests that run Meta's sam3 code (marker `sam3`) and the replicas
+# behind a real Envoy (marker `envoy`); about 1.5 minutes here against 3.5 for everything.
 test-fast:
-	$(PY) -m pytest -m "not sam3" -q
+	$(PY) -m pytest -m "not sam3 and not envoy" -q
 
 # Offline checks of deploy/ (Envoy config, kustomize rendering, manifests); CI runs it.
 check-deploy:
