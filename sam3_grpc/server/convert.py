@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,6 +23,9 @@ from sam3_grpc.domain import Box, Direction, LabeledBox, LabeledPoint, Prompt, R
 from sam3_grpc.errors import InvalidArgument, Reason, ResourceExhausted
 from sam3_grpc.media import masks
 from sam3_grpc.v1 import common_pb2, video_service_pb2
+
+if TYPE_CHECKING:
+    from sam3_grpc.server.sessions import Session
 
 MASK_ENCODINGS: dict[int, str] = {
     common_pb2.MASK_ENCODING_UNSPECIFIED: "rle",
@@ -316,4 +319,18 @@ def timestamp(epoch_seconds: float) -> Timestamp:
 def video_info_to_proto(info) -> video_service_pb2.VideoInfo:
     return video_service_pb2.VideoInfo(
         frame_count=info.frame_count, fps=info.fps, width=info.width, height=info.height
+    )
+
+
+def session_to_proto(session: Session, expire_time: float) -> video_service_pb2.Session:
+    return video_service_pb2.Session(
+        session_id=session.session_id,
+        video=video_info_to_proto(session.info),
+        uploaded=session.uploaded,
+        object_ids=session.object_ids,
+        create_time=timestamp(session.created_at),
+        last_use_time=timestamp(session.last_used_at),
+        expire_time=timestamp(expire_time),
+        propagating=session.propagating,
+        memory_bytes=session.memory_bytes,
     )

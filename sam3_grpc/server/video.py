@@ -41,20 +41,6 @@ logger = logging.getLogger(__name__)
 _END = object()  # a propagation generator that is exhausted
 
 
-def session_to_proto(session: Session, expire_time: float) -> pb.Session:
-    return pb.Session(
-        session_id=session.session_id,
-        video=convert.video_info_to_proto(session.info),
-        uploaded=session.uploaded,
-        object_ids=session.object_ids,
-        create_time=convert.timestamp(session.created_at),
-        last_use_time=convert.timestamp(session.last_used_at),
-        expire_time=convert.timestamp(expire_time),
-        propagating=session.propagating,
-        memory_bytes=session.memory_bytes,
-    )
-
-
 def refresh_view(session: Session, engine: Any) -> None:
     """Copies the engine's view of a session into the servicer's (on the executor thread)."""
     if session.closed or session.state is None:
@@ -111,7 +97,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
         return self.sessions.get(session_id, self._principal(context))
 
     def _to_proto(self, session: Session) -> pb.Session:
-        return session_to_proto(session, self.sessions.expire_time(session))
+        return convert.session_to_proto(session, self.sessions.expire_time(session))
 
     async def _run_on_session(self, session: Session, fn, context, label: str):
         session.pending_ops += 1
