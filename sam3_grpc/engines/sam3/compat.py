@@ -27,8 +27,10 @@ exactly as Meta ships it.
    - float32 (the default where the CPU has no bf16 units, `cpu_has_fast_bf16()`):
      `CudaToCpuMode(keep_float32=True)` turns those explicit casts of float32 tensors to
      bfloat16 into no-ops, so video runs in float32 like images. A CPU without bf16 units
-     (AVX2 only) emulates bf16 convolutions and matmuls one element at a time: 20-100x slower
-     than float32 here (see BENCHMARKS.md). Stored memories take 4 bytes a value instead of 2.
+     (AVX2 only) has no fast bf16 kernels: on this project's 2-core AVX2 machine tiny-preset
+     video ran ~10x slower under bf16 autocast than in float32, and one 256-channel 3x3
+     convolution at 64x64 over 100x slower (BENCHMARKS.md). Stored memories take 4 bytes a
+     value instead of 2.
    - bf16: `torch.autocast("cpu", dtype=torch.bfloat16)` around video calls, which is what sam3
      does on CUDA; worth it only on CPUs that compute bf16 natively (AVX512-BF16, AMX).
 3. `connected_components_cpu` replaces the function of the same name in
