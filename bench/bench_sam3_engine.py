@@ -23,7 +23,7 @@ built side by side in one process and run interleaved, round after round, so loa
 hits every variant alike:
 - "before": video under bf16 autocast (`cpu_bf16=True`), 224 px, cap of 16 objects;
 - "float32 only": the same sizes, video in float32 (the compat change alone);
-- "after": the defaults (float32 on a CPU without native bf16, `TINY` sizes).
+- "after": the defaults (float32 on a CPU without bf16 units, `TINY` sizes).
 Each round and variant: segment (encode a new 640x480 image + one text prompt, median of
 --repeat) and video (a 640x360 clip, text prompt on frame 0, forward propagation): ms per frame
 over the frames after the object cap is reached (wall and process CPU time) and over the whole
