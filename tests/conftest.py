@@ -27,10 +27,11 @@ from sam3_grpc.v1 import (
 )
 
 # OpenMP's default wait policy makes torch's worker threads spin between parallel regions. On a
-# shared 2-core machine, when another process holds a core, the spinning thread takes the time the
-# other worker needs, and sam3's many small ops ran 7-15x slower (BENCHMARKS.md, "SAM 3, tiny
-# preset on this CPU"); sleeping threads cost little on an idle machine. libgomp reads it when
-# torch loads (none of the imports above loads torch); server subprocesses inherit it.
+# shared 2-core machine, when other processes hold a core, the spinning thread takes the time the
+# other worker needs and sam3's many small ops ran 2-15x slower; sleeping threads cost ~35% on an
+# idle machine (BENCHMARKS.md, "SAM 3, tiny preset on this CPU"). Tests must not time out on a
+# busy CI machine. libgomp reads it when torch loads (none of the imports above loads torch);
+# server subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

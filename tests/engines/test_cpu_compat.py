@@ -5,6 +5,8 @@ The tests that import or run sam3 itself carry the `sam3` marker; the others nee
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 
 import numpy as np
@@ -176,13 +178,23 @@ def test_float32_context_keeps_sams_bf16_casts_in_float32():
     assert x.to(torch.bfloat16).dtype == torch.bfloat16  # scoped
 
 
+def cpuinfo_flags() -> set[str]:
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
 @pytest.mark.skipif(
-    torch.backends.cpu.get_cpu_capability().startswith("AVX512"),
-    reason="needs a CPU without AVX-512",
+    platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"),
+    reason="reads the x86 CPU flags Linux reports",
 )
-def test_no_fast_bf16_without_avx512():
-    """This is the probe that makes video run in float32 by default (Sam3Engine(cpu_bf16=None))."""
-    assert compat.cpu_has_fast_bf16() is False
+def test_bf16_probe_agrees_with_the_kernel():
+    """The probe that picks float32 video by default (Sam3Engine(cpu_bf16=None)) sees the same
+    bf16 units as Linux does: AVX512-BF16 or AMX-BF16."""
+    expected = bool({"avx512_bf16", "amx_bf16"} & cpuinfo_flags())
+    assert compat.cpu_has_bf16_units() is expected
 
 
 @pytest.mark.sam3  # imports and runs Meta's sam3

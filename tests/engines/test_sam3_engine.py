@@ -414,7 +414,7 @@ def run_video(engine, source, frames: int):
     return session, outputs
 
 
-@pytest.mark.skipif(compat.cpu_has_fast_bf16(), reason="needs a CPU without native bf16")
+@pytest.mark.skipif(compat.cpu_has_bf16_units(), reason="needs a CPU without bf16 units")
 def test_video_runs_in_float32_on_a_cpu_without_bf16(engine, frame_folder):
     session, outputs = run_video(engine, frame_folder, 3)
     try:
@@ -426,7 +426,7 @@ def test_video_runs_in_float32_on_a_cpu_without_bf16(engine, frame_folder):
 
 def test_video_under_bf16_autocast_as_on_cuda(frame_folder):
     """`cpu_bf16=True`: sam3's own precision (bf16 autocast, bf16 memories) still runs on the CPU
-    (the default on CPUs with native bf16)."""
+    (the default on CPUs with bf16 units)."""
     bf16 = Sam3Engine(preset="sam3-tiny", device="cpu", cpu_bf16=True)
     bf16.load()
     session, outputs = run_video(bf16, frame_folder, 3)

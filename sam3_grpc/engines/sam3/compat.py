@@ -24,11 +24,13 @@ exactly as Meta ships it.
    backbone features (`backbone_fpn_bf16` in `sam3/model/sam3_image.py`). On a CPU, float32
    weights then meet bfloat16 activations: "Input type (c10::BFloat16) and bias type (float)".
    Two answers, chosen per engine (`cpu_context(bf16_autocast=...)`):
-   - float32 (the default where the CPU has no bf16 units, `cpu_has_fast_bf16()`):
+   - float32 (the default where the CPU has no bf16 units, `cpu_has_bf16_units()`):
      `CudaToCpuMode(keep_float32=True)` turns those explicit casts of float32 tensors to
      bfloat16 into no-ops, so video runs in float32 like images. A CPU without bf16 units
-     (AVX2 only) emulates bf16 convolutions and matmuls one element at a time: 20-100x slower
-     than float32 here (see BENCHMARKS.md). Stored memories take 4 bytes a value instead of 2.
+     (AVX2 only) has no fast bf16 kernels: on this project's 2-core AVX2 machine tiny-preset
+     video ran ~10x slower under bf16 autocast than in float32, and one 256-channel 3x3
+     convolution at 64x64 over 100x slower (BENCHMARKS.md). Stored memories take 4 bytes a
+     value instead of 2.
    - bf16: `torch.autocast("cpu", dtype=torch.bfloat16)` around video calls, which is what sam3
      does on CUDA; worth it only on CPUs that compute bf16 natively (AVX512-BF16, AMX).
 3. `connected_components_cpu` replaces the function of the same name in
@@ -120,13 +122,17 @@ def _casts_float32_to_bf16(func, args, kwargs) -> bool:
     return kwargs.get("dtype") is torch.bfloat16 or any(a is torch.bfloat16 for a in args[1:])
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN computes bfloat16 natively on this CPU (AVX512-BF16 / AMX class hardware);
-    the test PyTorch's own compiler uses (`torch._inductor.utils.is_mkldnn_bf16_supported`)."""
+# CPU features with bfloat16 arithmetic in hardware (names of `torch.cpu.get_capabilities()`).
+_BF16_UNITS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bfloat16 in hardware: AVX512-BF16 or AMX on x86, BF16 on Arm."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        capabilities = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # older torch: assume not
         return False
+    return any(bool(capabilities.get(name)) for name in _BF16_UNITS)
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ sam3's tracker enables for its whole process, made explicit per call so it holds
 with TF32 matmuls on Ampere or newer and the chosen GPU current (sam3 puts some caches on the bare
 "cuda" device). `compile=True` enables sam3's own `torch.compile` set-up (`_compile_model`) after
 an eager warm-up. On the CPU every call runs under the compatibility layer (`compat.py`), in fp32
-for images; video runs in fp32 too, sam3's explicit bf16 casts dropped, unless the CPU computes
-bf16 natively (then under bf16 autocast, as on CUDA; `cpu_bf16` overrides the choice);
-`compile` is ignored.
+for images; video runs in fp32 too, sam3's explicit bf16 casts dropped, unless the CPU has bf16
+units (then under bf16 autocast, as on CUDA; `cpu_bf16` overrides the choice); `compile` is
+ignored.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Sam3Engine(Engine):
     hf_offline: whether the hub is declared offline (default: HF_HUB_OFFLINE). The engine never
         downloads either way; the flag only shapes the error message.
     cpu_bf16: on the CPU, run video calls under bf16 autocast (True) or in float32 (False);
-        default: bf16 only where the CPU computes it natively (`compat.cpu_has_fast_bf16`).
+        default: bf16 only where the CPU has bf16 units (`compat.cpu_has_bf16_units`).
         Ignored on CUDA, which always runs sam3's bf16 autocast.
     tiny_spec: the sizes of the sam3-tiny preset (default `builder.TINY`), for benchmarks that
         compare sizes; only with preset "sam3-tiny".
@@ -175,7 +175,7 @@ class Sam3Engine(Engine):
             if self._compile:
                 logger.warning("compile=True is ignored on the CPU")
             self._video_bf16 = (
-                compat.cpu_has_fast_bf16() if self._cpu_bf16 is None else self._cpu_bf16
+                compat.cpu_has_bf16_units() if self._cpu_bf16 is None else self._cpu_bf16
             )
             logger.info(
                 "video calls on the CPU compute in %s",
