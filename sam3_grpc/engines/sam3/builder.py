@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,9 +39,15 @@ PRESET_TINY = "sam3-tiny"
 PRESETS = (PRESET_REAL, PRESET_TINY)
 
 PATCH_SIZE = 14
-# Meta's configuration (sam3/model_builder.py): input resolution and the tracker's object limit.
+# Meta's configuration (sam3/model_builder.py): input resolution, and the object limit it sets
+# (none: sam3_video_base.py turns -1 into 10000).
 REAL_RESOLUTION = 1008
-REAL_MAX_OBJECTS = 10000
+SAM3_MAX_OBJECTS = 10000
+# The service's default object limit for the real model (`--max-objects`): every tracked object
+# holds up to ~85 MiB of tracker state on the GPU at 1008 px (`state.StateFootprint`), so 32
+# objects bound a session to ~2.9 GiB: the default 16 sessions fit the session budget of an
+# 80 GB GPU, and a 24 GB GPU's budget takes about four sessions at the limit.
+DEFAULT_MAX_OBJECTS = 32
 D_MODEL = 256  # wired into several sam3 modules (tracker heads, box embeddings): never shrunk
 TINY_SEED = 20251123
 
@@ -87,6 +94,10 @@ class TinySpec:
     hotstart_delay: int = 4
     hotstart_thresh: int = 2
     max_num_objects: int = 4
+    # The tracker's memory-frame threshold (Meta's 0.01). The random tracker scores every frame
+    # 0, so no frame is ever selected as memory; tests that need memory selection to matter set
+    # it below 0 (every frame eligible).
+    mf_threshold: float = 0.01
 
     @property
     def feat_size(self) -> int:
@@ -378,6 +389,7 @@ def _tiny_tracker(spec: TinySpec):
         clear_non_cond_mem_around_input=True,
         fill_hole_area=0,
         use_memory_selection=True,
+        mf_threshold=spec.mf_threshold,
     )
 
 
@@ -458,9 +470,11 @@ def build_video_model(
     checkpoint_path: str | None,
     compile: bool = False,
     tiny_spec: TinySpec = TINY,
+    max_objects: int | None = None,
 ):
     """Builds the preset's model on `device`, in eval mode, gradients off. `tiny_spec` sizes the
-    tiny preset (benchmarks compare sizes with it)."""
+    tiny preset (benchmarks compare sizes with it). `max_objects` sets the object limit (default:
+    `DEFAULT_MAX_OBJECTS` for the real model, the tiny spec's own for the tiny preset)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     with build_context(device):
@@ -478,10 +492,21 @@ def build_video_model(
                 device=device,
                 compile=compile,
             )
+    if max_objects is None and preset == PRESET_REAL:
+        max_objects = DEFAULT_MAX_OBJECTS
+    if max_objects is not None:
+        set_object_limit(model, max_objects)
     _leave_tracker_autocast(model.tracker)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def set_object_limit(model, limit: int) -> None:
+    """What `Sam3VideoBase.__init__` (sam3/model/sam3_video_base.py) derives from its
+    `max_num_objects` argument, which Meta's builder leaves at "no limit"."""
+    model.max_num_objects = int(limit)
+    model.num_obj_for_compile = math.ceil(int(limit) / max(1, int(model.world_size)))
 
 
 def _leave_tracker_autocast(tracker) -> None:

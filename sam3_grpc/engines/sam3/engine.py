@@ -38,10 +38,10 @@ from sam3_grpc.domain import (
 from sam3_grpc.engines.base import Engine
 from sam3_grpc.engines.sam3 import compat
 from sam3_grpc.engines.sam3.builder import (
+    DEFAULT_MAX_OBJECTS,
     PRESET_REAL,
     PRESET_TINY,
     PRESETS,
-    REAL_MAX_OBJECTS,
     REAL_RESOLUTION,
     TINY,
     TinySpec,
@@ -94,6 +94,11 @@ class Sam3Engine(Engine):
         Ignored on CUDA, which always runs sam3's bf16 autocast.
     tiny_spec: the sizes of the sam3-tiny preset (default `builder.TINY`), for benchmarks that
         compare sizes; only with preset "sam3-tiny".
+    max_objects: the most objects one video session tracks (sam3's `max_num_objects`); default
+        `builder.DEFAULT_MAX_OBJECTS` for "sam3", the tiny spec's own for "sam3-tiny".
+    bounded_state: video sessions keep their state bounded whatever the video's length
+        (`state.SessionBounds`). False keeps everything sam3 keeps: the reference the bounded
+        state is tested against, for tests and benchmarks only.
     """
 
     def __init__(
@@ -107,6 +112,8 @@ class Sam3Engine(Engine):
         hf_offline: bool | None = None,
         cpu_bf16: bool | None = None,
         tiny_spec: TinySpec | None = None,
+        max_objects: int | None = None,
+        bounded_state: bool = True,
     ) -> None:
         if preset not in PRESETS:
             raise ConfigurationError(f"unknown model preset {preset!r}; choose one of {PRESETS}")
@@ -114,6 +121,8 @@ class Sam3Engine(Engine):
             raise ConfigurationError("the sam3-tiny preset has random weights; drop --checkpoint")
         if tiny_spec is not None and preset != PRESET_TINY:
             raise ConfigurationError("tiny_spec applies to the sam3-tiny preset only")
+        if max_objects is not None and max_objects < 1:
+            raise ConfigurationError(f"max_objects must be at least 1, got {max_objects}")
         self._preset = preset
         self._device = resolve_device(device)
         self._checkpoint = checkpoint
@@ -122,6 +131,8 @@ class Sam3Engine(Engine):
         self._hf_offline = hf_offline
         self._cpu_bf16 = cpu_bf16
         self._tiny_spec = tiny_spec or TINY
+        self._object_cap = max_objects
+        self._bounded_state = bool(bounded_state)
         self._video_bf16 = False  # resolved by load() on the CPU
         self._model: Any = None
         self._image: ImagePredictor | None = None
@@ -195,6 +206,7 @@ class Sam3Engine(Engine):
                 checkpoint_path=checkpoint_path,
                 compile=self._compile and not cpu,
                 tiny_spec=self._tiny_spec,
+                max_objects=self._object_cap,
             )
         except (RuntimeError, KeyError, ValueError, OSError) as exc:
             if checkpoint_path is None or isinstance(exc, torch.OutOfMemoryError):
@@ -213,7 +225,9 @@ class Sam3Engine(Engine):
         ]
         with self._context(), compat.quiet_sam3_warnings():
             self._image = ImagePredictor(model, self._device)
-        self._video = VideoRunner(model, lambda: self._context(video=True))
+        self._video = VideoRunner(
+            model, lambda: self._context(video=True), bounded=self._bounded_state
+        )
         self._model = model
         self._info = EngineInfo(
             name=self._preset,
@@ -317,7 +331,7 @@ class Sam3Engine(Engine):
     def _resolution(self) -> int:
         if self._model is not None:
             return int(self._model.image_size)
-        return TINY.resolution if self._preset == PRESET_TINY else REAL_RESOLUTION
+        return self._tiny_spec.resolution if self._preset == PRESET_TINY else REAL_RESOLUTION
 
     def session_budget(self, info: VideoInfo, window_frames: int) -> SessionBudget:
         """Frames on the host; tracker state per object (memories, pointers, masks of the
@@ -335,7 +349,9 @@ class Sam3Engine(Engine):
     def _max_objects(self) -> int:
         if self._model is not None:
             return int(self._model.max_num_objects)
-        return TINY.max_num_objects if self._preset == PRESET_TINY else REAL_MAX_OBJECTS
+        if self._object_cap is not None:
+            return self._object_cap
+        return self._tiny_spec.max_num_objects if self._preset == PRESET_TINY else DEFAULT_MAX_OBJECTS
 
     def _video_per_object_bytes(self, info: VideoInfo) -> int:
         from sam3_grpc.engines.sam3.video import per_object_bytes

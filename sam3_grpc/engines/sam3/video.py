@@ -22,8 +22,8 @@ Prompts (sam3 semantics):
   that a cached output exists for the clicked frame (and, in the partial propagation that
   follows, for every frame); a frame never processed has no objects, so an empty entry is seeded.
 
-Propagation. Each part (forward, then backward) is one sam3 `propagate_in_video` run; sam3's
-reverse propagation skips its start frame, so a backward part [s, ..., e] starts sam3 at s + 1.
+Propagation. Each part (forward, then backward) runs as sam3 `propagate_in_video` runs; sam3's
+reverse propagation skips its start frame, so a backward run [s, ..., e] starts sam3 at s + 1.
 sam3 picks from its action history between detector + tracker ("full"), the tracker for objects
 clicked since the last propagation ("partial") and replaying cached outputs ("fetch"). Its
 heuristic assumes complete forward-then-backward propagations: after a capped or cancelled one it
@@ -32,19 +32,26 @@ propagate only the clicked objects. So here:
 - nothing propagated since the last semantic prompt: detector + tracker over the whole part
   (`Sam3VideoInference.propagate_in_video`, recorded in the history as sam3 records it);
 - clicks since the last propagation: sam3's partial propagation;
-- otherwise: cached frames are replayed and detector + tracker run from the first frame without
-  a cached output.
+- otherwise: cached frames are replayed, and detector + tracker compute each run of frames
+  without a cached output, from its first frame (so every computation continues from a frame
+  sam3 already computed, or from no memory at all: what the bounded state keeps).
 
 Hot start. sam3 withholds outputs for `hotstart_delay` frames (15 in Meta's configuration, 4 in
 the tiny preset) so it can retract objects that turn out to be spurious, then releases them
 oldest first, and everything at the end of the range. sam3's generator already does this
 buffering; it is passed through unchanged. So one step of the propagation generator may compute up
 to 15 frames before its first output (and the last step none); the outputs still come exactly
-once per planned frame, in order, which `_run` checks.
+once per planned frame, in order, which `_run` checks. A propagation closed early leaves frames
+sam3 computed but withheld; sam3 cached them unfiltered (VI:401), so they are filtered then as sam3
+filters a frame it releases (objects hot start removed, suppressed ones), and replayed as such.
 
-Memory. `VideoRunner.nbytes` counts every tensor a session holds, host frames included, so the
-figure bounds what closing the session frees. `close` drops every reference, collects, empties
-the CUDA cache and trims the C heap (glibc keeps freed pages otherwise, and RSS would not fall).
+Memory. With `bounded=True` (the default) a session's state does not grow with the video's
+length (`state.SessionBounds`: compact results, tracker memories pruned to what sam3 can still
+read); `bounded=False` keeps everything sam3 keeps, the reference the bounded state is tested
+against. `VideoRunner.nbytes` counts every tensor a session holds, host frames included, plus
+the compact containers, so the figure bounds what closing the session frees; `per_object_bytes`
+bounds it before the session starts. `close` drops every reference, collects, empties the CUDA
+cache and trims the C heap (glibc keeps freed pages otherwise, and RSS would not fall).
 """
 
 from __future__ import annotations
@@ -61,7 +68,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam3_grpc.domain import FrameOutput, Prompt, RawDetection, VideoInfo
+from sam3_grpc.domain import FrameOutput, Prompt, RawDetection
+from sam3_grpc.engines.sam3.state import (
+    COMPACT_CONTAINERS,
+    LazyFindInputs,
+    SessionBounds,
+)
 from sam3_grpc.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
 from sam3_grpc.media.frames import FrameWindow
 
@@ -119,29 +131,11 @@ class WindowFrames:
 
 
 # ----- memory accounting --------------------------------------------------------------------
-# Frames of tracker state kept per object (see `per_object_bytes`): the memory window
-# (num_maskmem), conditioning frames, the hot-start buffer and object pointers, with a margin.
-KEPT_FRAMES = 40
-
-
-def per_object_bytes(resolution: int, info: VideoInfo) -> int:
-    """An upper bound on what one tracked object costs a session, whatever the video's length:
-    for each of the KEPT_FRAMES frames sam3 keeps, a 64-channel memory feature map and its
-    positional encoding at 1/14 of the resolution (bfloat16), the low-resolution mask (1/4,
-    float32) and the object pointer; plus its compact per-frame results (RLE on the host, a
-    few hundred bytes a frame for ordinary masks)."""
-    stride = max(1, resolution // 14)
-    memory = 2 * 64 * stride * stride * 2
-    low_res_mask = (resolution // 4) ** 2 * 4
-    pointer = 256 * 4
-    results = info.frame_count * 256
-    return KEPT_FRAMES * (memory + low_res_mask + pointer) + results
-
-
 def tensor_nbytes(obj: Any, exclude: set[int] | frozenset[int] = frozenset()) -> int:
     """Bytes of the distinct tensor storages reachable from `obj` (dicts, sequences, dataclasses,
     plain objects), not descending into modules; storages whose data pointer is in `exclude`
-    (model-owned caches) are not counted."""
+    (model-owned caches) are not counted. The bounded state's compact containers hold no
+    tensors and are not walked (`SessionBounds.nbytes` counts them)."""
     seen_objects: set[int] = set()
     seen_storages: set[int] = set(exclude)
     total = 0
@@ -150,7 +144,7 @@ def tensor_nbytes(obj: Any, exclude: set[int] | frozenset[int] = frozenset()) ->
         item = stack.pop()
         if item is None or isinstance(item, (str, bytes, int, float, bool, np.ndarray)):
             continue
-        if id(item) in seen_objects:
+        if id(item) in seen_objects or isinstance(item, COMPACT_CONTAINERS):
             continue
         seen_objects.add(id(item))
         if isinstance(item, torch.Tensor):
@@ -172,6 +166,19 @@ def tensor_nbytes(obj: Any, exclude: set[int] | frozenset[int] = frozenset()) ->
         elif hasattr(item, "__dict__") and type(item).__module__.startswith("sam3"):
             stack.extend(vars(item).values())
     return total
+
+
+# sam3's per-frame lists (VI:146-152), one slot a frame; only the prompted frame's slot holds
+# anything but None (a box prompt's tensors).
+PER_FRAME_LISTS = (
+    "previous_stages_out",
+    "per_frame_raw_point_input",
+    "per_frame_raw_box_input",
+    "per_frame_visual_prompt",
+    "per_frame_geometric_prompt",
+    "per_frame_cur_step",
+)
+PER_FRAME_SLOT_BYTES = 8 * (len(PER_FRAME_LISTS) + 2)  # + find_targets, find_metadatas
 
 
 def release_host_memory() -> None:
@@ -206,6 +213,8 @@ class VideoSession:
     frames: WindowFrames
     height: int
     width: int
+    # None: sam3 keeps everything (the reference the bounded state is tested against).
+    bounds: SessionBounds | None = None
     # Frame of the current semantic (text / box) prompt, and frames clicked per object.
     semantic_frame: int | None = None
     click_frames: dict[int, set[int]] = field(default_factory=dict)
@@ -217,23 +226,54 @@ class VideoSession:
         return int(self.state["num_frames"])
 
 
-class VideoRunner:
-    """The video half of the engine; `context()` supplies the device/autocast context of a step."""
+def frame_runs(frames: Sequence[int], held: Any) -> Iterator[tuple[list[int], bool]]:
+    """Splits consecutive frames into maximal runs of frames in `held` or not."""
+    run: list[int] = []
+    held_run = False
+    for index in frames:
+        inside = index in held
+        if run and inside != held_run:
+            yield run, held_run
+            run = []
+        run.append(index)
+        held_run = inside
+    if run:
+        yield run, held_run
 
-    def __init__(self, model: Any, context: Callable[[], contextlib.AbstractContextManager]):
+
+class VideoRunner:
+    """The video half of the engine; `context()` supplies the device/autocast context of a step.
+
+    bounded: sessions keep their state bounded (`state.SessionBounds`); False keeps everything
+    sam3 keeps (the reference for tests and benchmarks).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        context: Callable[[], contextlib.AbstractContextManager],
+        *,
+        bounded: bool = True,
+    ) -> None:
         self.model = model
         self.context = context
+        self.bounded = bounded
         self.resolution = int(model.image_size)
 
     # ----- lifecycle -----------------------------------------------------------------------
     def start(self, window: FrameWindow[torch.Tensor]) -> VideoSession:
         frames = WindowFrames(window)
         info = window.info
+        bounds = SessionBounds(self.model, len(frames)) if self.bounded else None
         with self.context():
-            state = self._init_state(frames, info.height, info.width)
-        return VideoSession(state=state, frames=frames, height=info.height, width=info.width)
+            state = self._init_state(frames, info.height, info.width, bounds)
+        return VideoSession(
+            state=state, frames=frames, height=info.height, width=info.width, bounds=bounds
+        )
 
-    def _init_state(self, frames: WindowFrames, height: int, width: int) -> dict:
+    def _init_state(
+        self, frames: WindowFrames, height: int, width: int, bounds: SessionBounds | None
+    ) -> dict:
         """What `Sam3VideoInference.init_state` builds, around frames that are already loaded."""
         state: dict[str, Any] = {
             "image_size": self.resolution,
@@ -242,14 +282,31 @@ class VideoRunner:
             "orig_width": width,
             "constants": {},
         }
-        self.model._construct_initial_input_batch(state, frames)
+        if bounds is None:
+            self.model._construct_initial_input_batch(state, frames)
+            state["cached_frame_outputs"] = {}
+        else:
+            self._construct_lazy_input_batch(state, frames)
+            state["cached_frame_outputs"] = bounds.cached_outputs()
         state["tracker_inference_states"] = []
         state["tracker_metadata"] = {}
         state["feature_cache"] = {}
-        state["cached_frame_outputs"] = {}
         state["action_history"] = []
         state["is_image_only"] = False
         return state
+
+    def _construct_lazy_input_batch(self, state: dict, frames: WindowFrames) -> None:
+        """sam3's input batch (VI:115-162) with the per-frame inputs made when read: sam3 builds
+        the first frame's, every other frame's is the same with its own image id."""
+        num_frames = len(frames)
+        self.model._construct_initial_input_batch(state, [None])
+        batch = state["input_batch"]
+        batch.img_batch = frames
+        batch.find_inputs = LazyFindInputs(batch.find_inputs[0], num_frames, self.model.device)
+        batch.find_targets = [None] * num_frames
+        batch.find_metadatas = [None] * num_frames
+        for key in PER_FRAME_LISTS:
+            state[key] = [0 if key == "per_frame_cur_step" else None] * num_frames
 
     def close(self, session: VideoSession) -> None:
         session.closed = True
@@ -262,7 +319,29 @@ class VideoRunner:
         release_host_memory()
 
     def nbytes(self, session: VideoSession, exclude: frozenset[int]) -> int:
-        return tensor_nbytes([session.state, session.frames], exclude)
+        state = session.state
+        if session.bounds is None:
+            return tensor_nbytes([state, session.frames], exclude)
+        # Without walking the per-frame lists: their slots are counted, their one prompted
+        # entry walked.
+        roots: list[Any] = [session.frames]
+        roots.extend(v for k, v in state.items() if k not in PER_FRAME_LISTS and k != "input_batch")
+        batch = state.get("input_batch")
+        if batch is not None:
+            roots.extend([batch.find_text_batch, batch.find_inputs, batch.raw_images])
+        if session.semantic_frame is not None:
+            roots.extend(state[k][session.semantic_frame] for k in PER_FRAME_LISTS if k in state)
+        return (
+            tensor_nbytes(roots, exclude)
+            + session.bounds.nbytes(state)
+            + PER_FRAME_SLOT_BYTES * session.num_frames
+        )
+
+    def _tidy(self, session: VideoSession) -> None:
+        """After a prompt, a removal or a whole propagation: compacts and prunes."""
+        if session.bounds is not None and not session.closed:
+            with self.context():
+                session.bounds.tidy(session.state, between_calls=True)
 
     # ----- prompts ---------------------------------------------------------------------------
     def _check_usable(self, session: VideoSession) -> None:
@@ -286,7 +365,10 @@ class VideoRunner:
         if prompt.is_empty():
             raise InvalidArgument(f"empty prompt; supported: {SUPPORTED_VIDEO_PROMPTS}")
         if prompt.points:
-            return self._add_clicks(session, frame_index, prompt, object_id)
+            try:
+                return self._add_clicks(session, frame_index, prompt, object_id)
+            finally:
+                self._tidy(session)
         if object_id is not None:
             raise InvalidArgument(
                 "object_id applies to point prompts: text and box prompts re-detect every object",
@@ -304,17 +386,22 @@ class VideoRunner:
             w, h = session.width, session.height
             boxes_xywh = [[box.x_min / w, box.y_min / h, box.width / w, box.height / h]]
             box_labels = [1 if prompt.boxes[0].positive else 0]
-        with self.context():
-            _, out = self.model.add_prompt(
-                session.state,
-                frame_idx=frame_index,
-                text_str=prompt.text or None,
-                boxes_xywh=boxes_xywh,
-                box_labels=box_labels,
-            )
+        try:
+            with self.context():
+                _, out = self.model.add_prompt(
+                    session.state,
+                    frame_idx=frame_index,
+                    text_str=prompt.text or None,
+                    boxes_xywh=boxes_xywh,
+                    box_labels=box_labels,
+                )
+        finally:
+            self._tidy(session)
         # sam3 restarted the session: one semantic prompt, no clicks.
         session.semantic_frame = frame_index
         session.click_frames.clear()
+        if session.bounds is not None:
+            session.bounds.focus = frame_index
         output = self.frame_output(frame_index, out)
         return output, [d.object_id for d in output.objects]
 
@@ -341,6 +428,8 @@ class VideoRunner:
         points = [[p.x / w, p.y / h] for p in prompt.points]
         labels = [1 if p.positive else 0 for p in prompt.points]
         session.state["cached_frame_outputs"].setdefault(frame_index, {})
+        if session.bounds is not None:
+            session.bounds.focus = frame_index
         with self.context():
             result = self.model.add_prompt(
                 session.state,
@@ -368,8 +457,11 @@ class VideoRunner:
         self._check_usable(session)
         if object_id not in self.object_ids(session):
             raise unknown_object(object_id)
-        with self.context():
-            self.model.remove_object(session.state, to_sam3_id(object_id), is_user_action=True)
+        try:
+            with self.context():
+                self.model.remove_object(session.state, to_sam3_id(object_id), is_user_action=True)
+        finally:
+            self._tidy(session)
         session.click_frames.pop(object_id, None)
 
     def reset(self, session: VideoSession) -> None:
@@ -416,41 +508,50 @@ class VideoRunner:
         session.propagating = True
         try:
             if forward:
-                yield from self._propagate_part(session, forward, reverse=False)
+                yield from self._propagate_part(session, forward, False, then=backward)
             if backward:
-                yield from self._propagate_part(session, backward, reverse=True)
+                yield from self._propagate_part(session, backward, True, then=[])
         finally:
             session.propagating = False
+            if session.bounds is not None:
+                session.bounds.clear_plan()
+            self._tidy(session)
 
     def _propagate_part(
-        self, session: VideoSession, frames: list[int], reverse: bool
+        self, session: VideoSession, frames: list[int], reverse: bool, then: list[int]
     ) -> Iterator[FrameOutput]:
         from sam3.model.sam3_video_inference import Sam3VideoInference
 
         state = session.state
-        kind, _ = self.model.parse_action_history_for_propagation(state)
+        kind, obj_ids = self.model.parse_action_history_for_propagation(state)
         propagated = any("propagation" in a["type"] for a in state["action_history"])
         if propagated and kind == "propagation_partial":
             # Clicks since the last propagation: sam3 re-tracks just those objects and merges
             # them into the cached outputs of the others (it asserts one exists per frame).
             for index in frames:
                 state["cached_frame_outputs"].setdefault(index, {})
-            yield from self._run(session, frames, reverse, self.model.propagate_in_video)
+            if session.bounds is not None:
+                tracked = self.model._get_tracker_inference_states_by_obj_ids(state, obj_ids)
+                session.bounds.plan_partial(frames, reverse, tracked)
+                session.bounds.plan_partial(then, True, tracked)
+            yield from self._run(
+                session, frames, reverse, self.model.propagate_in_video, partial=True
+            )
             return
-        # Replay what this prompt state already computed; detect + track from the first frame
-        # that was not computed. The first propagation after a prompt computes everything (as
-        # sam3's own first, "full" propagation does), clicked objects included.
+        # Replay what this prompt state already computed; detect + track each run of frames
+        # that was not. The first propagation after a prompt computes everything (as sam3's
+        # own first, "full" propagation does), clicked objects included.
         cached = state["cached_frame_outputs"] if propagated else {}
-        uncached = next((i for i, index in enumerate(frames) if index not in cached), len(frames))
-        for index in frames[:uncached]:
-            with self.context():
-                out = self._replay(state, index)
-            yield self.frame_output(index, out)
-        if uncached < len(frames):
-            rest = frames[uncached:]
-            self.model.add_action_history(state, "propagation_full", frame_idx=rest[0])
-            detect_and_track = Sam3VideoInference.propagate_in_video.__get__(self.model)
-            yield from self._run(session, rest, reverse, detect_and_track)
+        detect_and_track = Sam3VideoInference.propagate_in_video.__get__(self.model)
+        for run, held in frame_runs(frames, cached):
+            if held:
+                for index in run:
+                    with self.context():
+                        out = self._replay(state, index)
+                    yield self.frame_output(index, out)
+            else:
+                self.model.add_action_history(state, "propagation_full", frame_idx=run[0])
+                yield from self._run(session, run, reverse, detect_and_track)
 
     def _replay(self, state: dict, index: int) -> dict:
         """A cached frame's output, post-processed as sam3's "propagation_fetch" does."""
@@ -468,7 +569,12 @@ class VideoRunner:
         return self.model._postprocess_output(state, out, suppressed_obj_ids=suppressed)
 
     def _run(
-        self, session: VideoSession, frames: list[int], reverse: bool, propagate_fn
+        self,
+        session: VideoSession,
+        frames: list[int],
+        reverse: bool,
+        propagate_fn,
+        partial: bool = False,
     ) -> Iterator[FrameOutput]:
         """One sam3 propagation over `frames`, stepped under the context, checked against them."""
         if reverse:  # sam3's reverse propagation starts after its start frame
@@ -483,6 +589,7 @@ class VideoRunner:
                 reverse=reverse,
             )
         expected = iter(frames)
+        done = 0
         try:
             while True:
                 with self.context():
@@ -490,16 +597,55 @@ class VideoRunner:
                         index, out = next(inner)
                     except StopIteration:
                         break
-                want = next(expected, None)
-                if index != want:
-                    raise RuntimeError(f"sam3 yielded frame {index}, expected {want}")
+                    want = next(expected, None)
+                    if index != want:
+                        raise RuntimeError(f"sam3 yielded frame {index}, expected {want}")
+                    done += 1
+                    self._after_step(session, frames, index, reverse, partial)
                 yield self.frame_output(index, out)
         finally:
             with self.context():
                 inner.close()
+                if not partial:
+                    self._release_withheld(session.state, frames[done:])
         missing = next(expected, None)
         if missing is not None:
             raise RuntimeError(f"sam3 stopped before frame {missing}")
+
+    def _after_step(
+        self, session: VideoSession, frames: list[int], index: int, reverse: bool, partial: bool
+    ) -> None:
+        bounds = session.bounds
+        if bounds is None:
+            return
+        if partial:  # one frame computed per step (no hot start)
+            cursor: int | None = index
+            bounds.advance_plan(index, reverse)
+        else:  # with hot start, sam3 computed ahead of what it yielded: to the end of the run
+            run = session.state["cached_frame_outputs"].run_containing(frames[0])
+            cursor = None if run is None else max(run[0], frames[-1]) if reverse else min(
+                run[1], frames[-1]
+            )
+        bounds.tidy(session.state, cursor=cursor, reverse=reverse)
+
+    def _release_withheld(self, state: dict, rest: list[int]) -> None:
+        """Frames sam3 computed but had not yet released when the run was closed early: cached
+        unfiltered at compute time (VI:401), they are filtered now as sam3 filters a frame it
+        releases (VI:345-352): suppressed objects and those hot start removed by now."""
+        metadata = state.get("tracker_metadata") or {}
+        rank0 = metadata.get("rank0_metadata")
+        cache = state.get("cached_frame_outputs")
+        if not rank0 or cache is None:
+            return
+        for index in rest:
+            if index in cache:
+                self.model._cache_frame_outputs(
+                    state,
+                    index,
+                    cache[index],
+                    suppressed_obj_ids=rank0["suppressed_obj_ids"][index],
+                    removed_obj_ids=rank0["removed_obj_ids"],
+                )
 
     # ----- outputs ---------------------------------------------------------------------------
     @staticmethod
