@@ -70,6 +70,7 @@ class Settings:
     stream_buffer_frames: int = 4
     max_gop_frames: int = 600
     frame_window: int = 16
+    max_objects: int | None = None
     prefetch_frames: int = 4
     memory_budget: int | None = None
     device_memory_budget: int | None = None
@@ -311,6 +312,13 @@ _FLAGS: tuple[_Flag, ...] = (
         int,
     ),
     _Flag(
+        "max_objects",
+        "Most objects one video session tracks (default: 32 for sam3, 4 for sam3-tiny, 64 for "
+        "synthetic). Each object's tracker state is reserved from the memory budget when a "
+        "session starts, so this sets how many sessions fit.",
+        int,
+    ),
+    _Flag(
         "prefetch_frames",
         "Frames decoded on the CPU ahead of the device during propagation.",
         int,
@@ -498,6 +506,8 @@ def validate(settings: Settings) -> None:
             raise ValueError(f"--{_flag_name(name)} must be positive")
     if not 0 <= settings.port <= 65535:
         raise ValueError("--port must be in [0, 65535]")
+    if settings.max_objects is not None and settings.max_objects <= 0:
+        raise ValueError("--max-objects must be positive")
     if settings.cache_size < 0:
         raise ValueError("--cache-size cannot be negative")
     if min(settings.session_ttl_s, settings.upload_idle_timeout_s, settings.upload_timeout_s) <= 0:

@@ -65,24 +65,16 @@ def test_help_documents_every_flag_with_its_variable(capsys):
     assert "SAM3_GRPC_QUEUE_SIZE" in text and "SAM3_GRPC_SESSION_TTL" in text
 
 
-def test_invalid_setting_is_a_usage_error():
+@pytest.mark.parametrize("flag", ["--queue-size", "--max-objects"])
+def test_invalid_setting_is_a_usage_error(flag):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sam3_grpc.cli",
-            "serve",
-            "--queue-size",
-            "0",
-            "--model",
-            "synthetic",
-        ],
+        [sys.executable, "-m", "sam3_grpc.cli", "serve", flag, "0", "--model", "synthetic"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "--queue-size must be positive" in result.stderr
+    assert f"{flag} must be positive" in result.stderr
 
 
 def test_serve_then_sigterm_exits_cleanly():

@@ -14,7 +14,9 @@ def create_engine(settings: Settings) -> Engine:
     if settings.model == "synthetic":
         from sam3_grpc.engines.synthetic import SyntheticEngine
 
-        return SyntheticEngine(latency_ms=settings.synthetic_latency_ms)
+        return SyntheticEngine(
+            latency_ms=settings.synthetic_latency_ms, max_objects=settings.max_objects
+        )
     if settings.model in ("sam3", "sam3-tiny"):
         from sam3_grpc.engines.sam3 import Sam3Engine
 
@@ -24,5 +26,6 @@ def create_engine(settings: Settings) -> Engine:
             checkpoint=settings.checkpoint,
             bpe_path=settings.bpe_path,
             compile=settings.compile,
+            max_objects=settings.max_objects,
         )
     raise ValueError(f"unknown model {settings.model!r}")

@@ -284,3 +284,18 @@ def test_object_limit_is_resource_exhausted_when_an_engine_has_one(engine, clip_
         assert reason(caught.value) is Reason.OBJECT_LIMIT
     finally:
         engine.close_session(session)
+
+
+@pytest.mark.parametrize("model", ["synthetic", "sam3-tiny", "sam3"])
+def test_max_objects_sets_the_limit_and_what_a_session_reserves(model):
+    """`--max-objects`: the engine's object limit, and the session budget computed at it (not
+    loaded: the limit and the budget are known before the model is)."""
+    from sam3_grpc.config import Settings
+    from sam3_grpc.engines import create_engine
+
+    video = VideoInfo(1000, 30.0, 640, 360)
+    default = create_engine(Settings(model=model))
+    two = create_engine(Settings(model=model, max_objects=2))
+    assert default.max_objects > two.max_objects == 2
+    small, large = two.session_budget(video, 16), default.session_budget(video, 16)
+    assert small.host_bytes + small.device_bytes < large.host_bytes + large.device_bytes

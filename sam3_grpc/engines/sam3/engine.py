@@ -48,6 +48,7 @@ from sam3_grpc.engines.sam3.builder import (
     build_video_model,
 )
 from sam3_grpc.engines.sam3.image import DEFAULT_SCORE_THRESHOLD, ImagePredictor
+from sam3_grpc.engines.sam3.state import StateFootprint
 from sam3_grpc.engines.sam3.video import FramePreparer
 from sam3_grpc.errors import ConfigurationError, FailedPrecondition, InvalidArgument
 from sam3_grpc.media.frames import FrameWindow
@@ -334,13 +335,28 @@ class Sam3Engine(Engine):
         return self._tiny_spec.resolution if self._preset == PRESET_TINY else REAL_RESOLUTION
 
     def session_budget(self, info: VideoInfo, window_frames: int) -> SessionBudget:
-        """Frames on the host; tracker state per object (memories, pointers, masks of the
-        frames sam3 keeps) on the device, at the model's object limit."""
-        frames = window_frames * FramePreparer(self._resolution()).frame_bytes()
-        objects = self._max_objects() * self._video_per_object_bytes(info)
+        """The frame window and the compact per-frame results on the host; tracker state at the
+        object limit on the device (`state.StateFootprint`)."""
+        footprint = self.state_footprint()
+        objects = self._max_objects()
+        host = window_frames * FramePreparer(self._resolution()).frame_bytes()
+        host += footprint.host_bytes(info.frame_count, objects)
+        device = footprint.device_bytes(objects)
         if self._device.type == "cpu":
-            return SessionBudget(host_bytes=frames + objects)
-        return SessionBudget(host_bytes=frames, device_bytes=objects)
+            return SessionBudget(host_bytes=host + device)
+        return SessionBudget(host_bytes=host, device_bytes=device)
+
+    def state_footprint(self) -> StateFootprint:
+        # sam3 stores memory features in bfloat16; the CPU path without bf16 units in float32.
+        feature_bytes = 2 if self._device.type != "cpu" or self._video_bf16 else 4
+        if self._model is not None:
+            return StateFootprint.of(self._model, feature_bytes)
+        if self._preset == PRESET_TINY:
+            spec = self._tiny_spec
+            return StateFootprint(
+                spec.resolution, 4, hotstart_delay=spec.hotstart_delay, queries=spec.queries
+            )
+        return StateFootprint(REAL_RESOLUTION, feature_bytes)
 
     @property
     def max_objects(self) -> int:
@@ -351,12 +367,9 @@ class Sam3Engine(Engine):
             return int(self._model.max_num_objects)
         if self._object_cap is not None:
             return self._object_cap
-        return self._tiny_spec.max_num_objects if self._preset == PRESET_TINY else DEFAULT_MAX_OBJECTS
-
-    def _video_per_object_bytes(self, info: VideoInfo) -> int:
-        from sam3_grpc.engines.sam3.video import per_object_bytes
-
-        return per_object_bytes(self._resolution(), info)
+        return (
+            self._tiny_spec.max_num_objects if self._preset == PRESET_TINY else DEFAULT_MAX_OBJECTS
+        )
 
     def start_session(self, frames: FrameWindow) -> Any:
         self._require_loaded()

@@ -33,6 +33,8 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import os
+import tempfile
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
@@ -42,32 +44,88 @@ import numpy as np
 import torch
 
 # ----- A1: output masks ---------------------------------------------------------------------
-# Python's own cost of one stored mask (object, dict slot, bytes header), counted with the data.
+# Python's own cost of one stored mask (object, dict slot, shape tuple), counted with the data.
 _MASK_OVERHEAD = 200
 _FRAME_OVERHEAD = 300
+# Encoded masks up to this size stay in memory (empty and tiny masks); larger ones go to the
+# session's spill file, so memory per object and frame is bounded whatever the masks look like.
+INLINE_MASK_BYTES = 64
+
+
+class SpillFile:
+    """A session's append-only store of encoded masks: an anonymous temporary file (unlinked at
+    creation, so nothing is left behind, whatever ends the process), in `directory` (default:
+    the system's temporary directory). Read and written on the device thread only."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory
+        self._file: Any = None
+        self.size = 0  # bytes written (rewritten frames leave their old bytes behind)
+
+    def write(self, data: bytes) -> int:
+        if self._file is None:
+            # Open for the session's life; closed by close() (or, at the latest, when collected).
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115
+                dir=self.directory, prefix="sam3-grpc-masks-"
+            )
+        offset = self.size
+        os.pwrite(self._file.fileno(), data, offset)
+        self.size += len(data)
+        return offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._file.fileno(), length, offset)
+        if len(data) != length:
+            raise OSError(f"mask spill file truncated at {offset}+{length}")
+        return data
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class PackedMask:
-    """One boolean mask, lossless: COCO RLE counts or `np.packbits`, whichever is smaller."""
+    """One boolean mask, lossless: COCO RLE counts or `np.packbits`, whichever is smaller; held
+    in memory when small, else in the session's spill file."""
 
-    __slots__ = ("data", "device", "rle", "shape", "source", "version")
+    __slots__ = ("data", "device", "length", "offset", "rle", "shape", "source", "spill", "version")
 
-    def __init__(self, data: bytes, rle: bool, shape: tuple[int, ...], device: torch.device):
-        self.data = data
+    def __init__(
+        self,
+        data: bytes,
+        rle: bool,
+        shape: tuple[int, ...],
+        device: torch.device,
+        spill: SpillFile | None = None,
+    ):
         self.rle = rle
         self.shape = shape
         self.device = device
+        self.length = len(data)
+        if spill is not None and len(data) > INLINE_MASK_BYTES:
+            self.data: bytes | None = None
+            self.offset = spill.write(data)
+            self.spill: SpillFile | None = spill
+        else:
+            self.data = data
+            self.offset = 0
+            self.spill = None
         self.source: weakref.ref | None = None
         self.version = -1
 
     @property
     def nbytes(self) -> int:
-        return len(self.data) + _MASK_OVERHEAD
+        """Memory held (the spilled bytes are on disk)."""
+        return (len(self.data) if self.data is not None else 0) + _MASK_OVERHEAD
 
     def remember(self, tensor: torch.Tensor) -> None:
         """Notes the tensor this mask was made from or inflated to: storing the same, unmodified
         tensor again reuses this encoding (sam3 caches each frame at compute time and again,
         filtered, when it releases the frame, VI:345-352, 401-402)."""
+        if tensor.is_inference():  # no version counter: an in-place change would go unseen
+            self.source = None
+            return
         self.source = weakref.ref(tensor)
         self.version = tensor._version
 
@@ -79,14 +137,21 @@ class PackedMask:
             and tensor.device == self.device
         )
 
+    def encoded(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.spill is not None
+        return self.spill.read(self.offset, self.length)
+
     def inflate(self) -> torch.Tensor:
         from pycocotools import mask as coco_mask
 
         height, width = _as_2d(self.shape)
+        data = self.encoded()
         if self.rle:
-            flat = coco_mask.decode({"size": [height, width], "counts": self.data}).astype(bool)
+            flat = coco_mask.decode({"size": [height, width], "counts": data}).astype(bool)
         else:
-            bits = np.frombuffer(self.data, np.uint8)
+            bits = np.frombuffer(data, np.uint8)
             flat = np.unpackbits(bits, count=height * width).astype(bool).reshape(height, width)
         tensor = torch.from_numpy(np.ascontiguousarray(flat).reshape(self.shape))
         if tensor.device != self.device:
@@ -101,7 +166,11 @@ def _as_2d(shape: tuple[int, ...]) -> tuple[int, int]:
     return height, width
 
 
-def pack_masks(masks: Mapping[Any, Any], previous: FrameMasks | None = None) -> dict[Any, Any]:
+def pack_masks(
+    masks: Mapping[Any, Any],
+    previous: FrameMasks | None = None,
+    spill: SpillFile | None = None,
+) -> dict[Any, Any]:
     """Packs a frame's `{obj_id: (1, H, W) bool tensor}`; anything else is kept as it is."""
     from pycocotools import mask as coco_mask
 
@@ -128,9 +197,10 @@ def pack_masks(masks: Mapping[Any, Any], previous: FrameMasks | None = None) -> 
             counts = coco_mask.encode(plane)["counts"]
             bits_len = (height * width + 7) // 8
             if len(counts) <= bits_len:
-                mask = PackedMask(counts, True, shape, tensor.device)
+                mask = PackedMask(counts, True, shape, tensor.device, spill)
             else:
-                mask = PackedMask(np.packbits(array.reshape(-1)).tobytes(), False, shape, tensor.device)
+                bits = np.packbits(array.reshape(-1)).tobytes()
+                mask = PackedMask(bits, False, shape, tensor.device, spill)
             mask.remember(tensor)
             packed[key] = mask
     return packed
@@ -168,7 +238,8 @@ class FrameMasks(MutableMapping):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         before = self.nbytes
-        self._items[key] = pack_masks({key: value}, self)[key]
+        spill = self._owner.spill if self._owner is not None else None
+        self._items[key] = pack_masks({key: value}, self, spill)[key]
         self._changed(before)
 
     def __delitem__(self, key: Any) -> None:
@@ -185,7 +256,7 @@ class FrameMasks(MutableMapping):
     def __len__(self) -> int:
         return len(self._items)
 
-    def keys(self):  # type: ignore[override]  # a real keys view: no inflation
+    def keys(self):  # a real keys view: no inflation
         return self._items.keys()
 
     def copy(self) -> dict[Any, Any]:
@@ -197,8 +268,9 @@ class CompactFrameOutputs(MutableMapping):
     the host. Also keeps the frames it holds as sorted runs, so the frames a later propagation
     may compute (the gaps between runs) are known without scanning every frame."""
 
-    def __init__(self, num_frames: int) -> None:
+    def __init__(self, num_frames: int, spill_dir: str | None = None) -> None:
         self.num_frames = num_frames
+        self.spill = SpillFile(spill_dir)
         self._frames: dict[int, FrameMasks] = {}
         self._bytes = 0
         self._starts: list[int] = []  # sorted, disjoint [start, end] runs of held frames
@@ -216,7 +288,7 @@ class CompactFrameOutputs(MutableMapping):
         if previous is not None:
             self._bytes -= previous.nbytes
             previous._owner = None
-        entry = FrameMasks(pack_masks(masks, previous), self)
+        entry = FrameMasks(pack_masks(masks, previous, self.spill), self)
         self._frames[frame] = entry
         self._bytes += entry.nbytes
         if previous is None:
@@ -237,7 +309,8 @@ class CompactFrameOutputs(MutableMapping):
     def __len__(self) -> int:
         return len(self._frames)
 
-    def setdefault(self, frame: int, default: Mapping[Any, Any] | None = None) -> FrameMasks:  # type: ignore[override]  # returns the stored entry, as dict.setdefault does
+    def setdefault(self, frame: int, default: Mapping[Any, Any] | None = None) -> FrameMasks:
+        # Returns the stored entry, as dict.setdefault does.
         if frame not in self._frames:
             self[frame] = default if default is not None else {}
         return self._frames[frame]
@@ -249,6 +322,17 @@ class CompactFrameOutputs(MutableMapping):
         self._bytes = 0
         self._starts.clear()
         self._ends.clear()
+        # A fresh file: the old one's bytes are all garbage now. It closes (and its disk space
+        # is freed) when the last mask still pointing into it goes.
+        self.spill = SpillFile(self.spill.directory)
+
+    def close(self) -> None:
+        self.clear()
+        self.spill.close()
+
+    @property
+    def spilled_bytes(self) -> int:
+        return self.spill.size
 
     # ----- runs of held frames ---------------------------------------------------------------
     def _add_run(self, frame: int) -> None:
@@ -379,7 +463,7 @@ class FrameScores(defaultdict):
         self._live.discard(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else default
+        return self[key] if key in self else default  # noqa: SIM401  # self.get is this method
 
     def pop(self, key: Any, *default: Any) -> Any:
         if key not in self:
@@ -390,10 +474,10 @@ class FrameScores(defaultdict):
         del self[key]
         return value
 
-    def values(self):  # type: ignore[override]  # unpacked copies, never the stored bytes
+    def values(self):  # unpacked copies, never the stored bytes
         return [_thaw_scores(v) if type(v) is bytes else v for v in dict.values(self)]
 
-    def items(self):  # type: ignore[override]  # as values()
+    def items(self):  # as values()
         return [(k, _thaw_scores(v) if type(v) is bytes else v) for k, v in dict.items(self)]
 
     def clear(self) -> None:
@@ -538,6 +622,10 @@ COMPACT_CONTAINERS = (CompactFrameOutputs, FrameMasks, PackedMask, FrameScores, 
 
 
 # ----- the policy ---------------------------------------------------------------------------
+# Windows of tracker memories a state keeps (`SessionBounds`, rule 4).
+MAX_WINDOWS = 4
+
+
 def _is_int(key: Any) -> bool:
     return type(key) in (int, np.int64)
 
@@ -600,9 +688,17 @@ class SessionBounds:
     - a propagation started in a gap whose windows fell outside rule 4.
     """
 
-    def __init__(self, model: Any, num_frames: int, *, max_windows: int = 4) -> None:
+    def __init__(
+        self,
+        model: Any,
+        num_frames: int,
+        *,
+        max_windows: int = MAX_WINDOWS,
+        spill_dir: str | None = None,
+    ) -> None:
         tracker = model.tracker
         self.model = model
+        self.spill_dir = spill_dir
         self.num_frames = num_frames
         self.max_windows = max_windows
         self.window = max(0, min(num_frames, int(tracker.max_obj_ptrs_in_encoder)) - 1)
@@ -620,7 +716,7 @@ class SessionBounds:
 
     # ----- containers ------------------------------------------------------------------------
     def cached_outputs(self) -> CompactFrameOutputs:
-        return CompactFrameOutputs(self.num_frames)
+        return CompactFrameOutputs(self.num_frames, self.spill_dir)
 
     def nbytes(self, state: dict) -> int:
         """Host bytes of the compact containers (not tensors: `tensor_nbytes` counts those)."""
@@ -802,8 +898,8 @@ class SessionBounds:
         cond_frames = sorted(cond)
         keep_cond: set[int] = set()
         born = tracker_state.get("first_ann_frame_idx")
-        if born in cond:
-            keep_cond.add(born)
+        if born is not None and born in cond:
+            keep_cond.add(int(born))
         for _, g, backward, gap in candidates[: self.max_windows]:
             keep |= self._window(tracker_state, frames, g, backward)
             keep_cond |= self._cond_near(cond_frames, gap)
@@ -884,3 +980,87 @@ class SessionBounds:
             + len(s["output_dict"]["cond_frame_outputs"])
             for s in state.get("tracker_inference_states", [])
         )
+
+
+# ----- the bound -----------------------------------------------------------------------------
+FRAMES_IN_FLIGHT = 3
+# Host bytes per object and frame that stay with a session for its whole life: its mask's record
+# (the encoded mask itself when it is at most INLINE_MASK_BYTES, else it is on disk), its
+# tracker score (packed) and its tracker state's one byte in `TrackedFrames`.
+RESULT_BYTES_PER_OBJECT_FRAME = _MASK_OVERHEAD + INLINE_MASK_BYTES + _SCORE_ROW.itemsize + 1
+# Host bytes per frame whatever the objects: the frame's entries in the results and score maps
+# and its slots in sam3's per-frame lists (video.PER_FRAME_SLOT_BYTES).
+FRAME_BYTES = _FRAME_OVERHEAD + 120 + 64
+
+
+@dataclasses.dataclass(frozen=True)
+class StateFootprint:
+    """An upper bound on what one video session of a model holds, whatever the video's length,
+    with `SessionBounds` keeping it (the engine's session budget; `tests/engines/
+    test_bounded_state.py` holds sessions to it).
+
+    Per session: the frames in flight (`frames_in_flight_bytes`). Per tracked object: every
+    tracker memory a state may keep (rules 1-4 of `SessionBounds`: `MAX_WINDOWS` windows of max_obj_ptrs_in_encoder frames, the first prompted frame, 2(M-1)
+    conditioning frames per window, the hot-start frames of a young state, the frame being
+    computed), each a 64-channel memory feature map at 1/14 of the resolution, the 1/4
+    low-resolution mask logits (float32) and the 256-d object pointer; plus
+    `RESULT_BYTES_PER_OBJECT_FRAME` per frame; and `FRAME_BYTES` per frame.
+    """
+
+    resolution: int
+    feature_bytes: int = 2  # sam3 stores memory features in bfloat16 (float32 on a CPU without)
+    max_obj_ptrs: int = 16  # Meta's tracker configuration (sam3/model_builder.py)
+    max_cond_frames: int = 4
+    hotstart_delay: int = 15
+    queries: int = 200  # the detector's object queries
+
+    @classmethod
+    def of(cls, model: Any, feature_bytes: int) -> StateFootprint:
+        tracker = model.tracker
+        return cls(
+            resolution=int(model.image_size),
+            feature_bytes=feature_bytes,
+            max_obj_ptrs=int(tracker.max_obj_ptrs_in_encoder),
+            max_cond_frames=int(tracker.max_cond_frames_in_attn),
+            hotstart_delay=int(model.hotstart_delay),
+            queries=int(model.detector.transformer.decoder.num_queries),
+        )
+
+    @property
+    def memories_per_object(self) -> int:
+        windows = MAX_WINDOWS * self.max_obj_ptrs
+        conditioning = 1 + MAX_WINDOWS * 2 * max(1, self.max_cond_frames - 1)
+        return windows + conditioning + self.hotstart_delay + 1
+
+    @property
+    def memory_bytes(self) -> int:
+        """One tracker memory of one object."""
+        side = max(1, self.resolution // 14)
+        features = 64 * side * side * self.feature_bytes
+        low_res_mask = (4 * side) ** 2 * 4
+        pointer = 256 * 4
+        return features + low_res_mask + pointer + 64  # + score logits, IoU scores
+
+    def frames_in_flight_bytes(self) -> int:
+        """What sam3 caches for the frames it is working on (`feature_cache`): per frame the
+        detector's outputs (its query masks, the tracker's feature pyramid and positional
+        encodings, `multigpu_buffer`) and the tracker's backbone outputs with the frame's
+        image; for `FRAMES_IN_FLIGHT` frames (the current one, the detector's prefetched next
+        one and the last of the previous part, dropped when the part ends). float32."""
+        side = max(1, self.resolution // 14)
+        levels = sum((n * side) ** 2 for n in (4, 2, 1))  # the pyramid's cells, 4x, 2x, 1x
+        detector = 2 * 256 * 4 * levels + self.queries * (4 * side) ** 2 * 4
+        tracker = 256 * 4 * (levels + side * side) + 4 * (32 * 16 + 64 * 4 + 256) * side * side
+        image = 3 * self.resolution**2 * 2
+        return FRAMES_IN_FLIGHT * (detector + tracker + image)
+
+    def device_bytes(self, objects: int) -> int:
+        """Tensors, on the model's device: the same whatever the video's length."""
+        side = max(1, self.resolution // 14)
+        positional = 64 * side * side * 4  # the memories' shared positional encoding
+        memories = objects * self.memories_per_object * self.memory_bytes
+        return self.frames_in_flight_bytes() + positional + memories
+
+    def host_bytes(self, frames: int, objects: int) -> int:
+        """Compact per-frame results on the host: grows by a few hundred bytes a frame."""
+        return frames * (FRAME_BYTES + objects * RESULT_BYTES_PER_OBJECT_FRAME)

@@ -71,6 +71,7 @@ import torch
 from sam3_grpc.domain import FrameOutput, Prompt, RawDetection
 from sam3_grpc.engines.sam3.state import (
     COMPACT_CONTAINERS,
+    CompactFrameOutputs,
     LazyFindInputs,
     SessionBounds,
 )
@@ -310,6 +311,9 @@ class VideoRunner:
 
     def close(self, session: VideoSession) -> None:
         session.closed = True
+        outputs = session.state.get("cached_frame_outputs")
+        if isinstance(outputs, CompactFrameOutputs):
+            outputs.close()
         session.state.clear()
         session.frames.window.close()
         session.click_frames.clear()
@@ -509,6 +513,10 @@ class VideoRunner:
         try:
             if forward:
                 yield from self._propagate_part(session, forward, False, then=backward)
+            if backward and session.bounds is not None:
+                # The forward part's last frames in the feature caches: never read again.
+                with self.context():
+                    session.bounds.drop_leftovers(session.state)
             if backward:
                 yield from self._propagate_part(session, backward, True, then=[])
         finally:
@@ -623,8 +631,12 @@ class VideoRunner:
             bounds.advance_plan(index, reverse)
         else:  # with hot start, sam3 computed ahead of what it yielded: to the end of the run
             run = session.state["cached_frame_outputs"].run_containing(frames[0])
-            cursor = None if run is None else max(run[0], frames[-1]) if reverse else min(
-                run[1], frames[-1]
+            cursor = (
+                None
+                if run is None
+                else max(run[0], frames[-1])
+                if reverse
+                else min(run[1], frames[-1])
             )
         bounds.tidy(session.state, cursor=cursor, reverse=reverse)
 

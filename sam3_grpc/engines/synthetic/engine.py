@@ -59,7 +59,7 @@ from sam3_grpc.engines.synthetic.tracking import Tracker
 from sam3_grpc.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
 from sam3_grpc.media.frames import FrameWindow
 
-# Most objects one session tracks (like SAM 3's max_num_objects).
+# Most objects one session tracks by default (like SAM 3's max_num_objects).
 MAX_OBJECTS = 64
 SUPPORTED_VIDEO_PROMPTS = (
     "supported: text (every region of a colour), boxes, points; object_id with points"
@@ -141,10 +141,18 @@ class SyntheticEngine(Engine[EncodedImage, SyntheticSession]):
 
     @property
     def max_objects(self) -> int:
-        return MAX_OBJECTS
+        return self._object_limit
 
-    def __init__(self, *, latency_ms: float = 0.0, device: str = "cpu", min_area: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0.0,
+        device: str = "cpu",
+        min_area: int = 1,
+        max_objects: int | None = None,
+    ) -> None:
         self.latency_ms = latency_ms
+        self._object_limit = max_objects or MAX_OBJECTS
         self.min_area = max(1, int(min_area))
         self.calls: collections.Counter[str] = collections.Counter()
         self.tracker = Tracker(self.min_area)
@@ -297,7 +305,9 @@ class SyntheticEngine(Engine[EncodedImage, SyntheticSession]):
         # The window of RGB frames, and per object a seed and a tracked mask (at most a frame
         # each). All on the host: the engine has no device of its own.
         pixels = info.width * info.height
-        return SessionBudget(host_bytes=window_frames * 3 * pixels + 2 * MAX_OBJECTS * pixels)
+        return SessionBudget(
+            host_bytes=window_frames * 3 * pixels + 2 * self._object_limit * pixels
+        )
 
     def start_session(self, frames: FrameWindow[np.ndarray]) -> SyntheticSession:
         self._enter("start_session")
@@ -348,12 +358,12 @@ class SyntheticEngine(Engine[EncodedImage, SyntheticSession]):
             seeds: list[Patch | None] = list(selected)
             if not prompt.text and not seeds:
                 seeds = [None]  # a click on nothing still makes an (empty) object
-            if len(session.objects) + len(seeds) > MAX_OBJECTS:
+            if len(session.objects) + len(seeds) > self._object_limit:
                 raise ResourceExhausted(
-                    f"the session would track more than {MAX_OBJECTS} objects; remove some "
+                    f"the session would track more than {self._object_limit} objects; remove some "
                     "(RemoveObject) or reset the session",
                     reason=Reason.OBJECT_LIMIT,
-                    metadata={"limit": MAX_OBJECTS},
+                    metadata={"limit": self._object_limit},
                 )
             affected = []
             for patch in seeds:
