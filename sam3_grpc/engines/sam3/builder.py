@@ -45,9 +45,9 @@ REAL_RESOLUTION = 1008
 SAM3_MAX_OBJECTS = 10000
 # The service's default object limit for the real model (`--max-objects`): every tracked object
 # may hold up to ~100 MiB of tracker memories on the GPU at 1008 px (`state.StateFootprint`),
-# so 32 objects bound a session to ~3.5 GiB: the default 16 sessions fit the session budget of
-# an 80 GB GPU, and a 24 GB GPU's budget takes about four sessions at the limit. Without a
-# limit (Meta's 10000) no session could be admitted on any GPU.
+# so with the frames in flight 32 objects bound a session to ~4.3 GiB: about 14 sessions fit
+# the default budget of an 80 GB GPU, 3 that of a 24 GB GPU. Without a limit (Meta's 10000)
+# no session could be admitted on any GPU.
 DEFAULT_MAX_OBJECTS = 32
 D_MODEL = 256  # wired into several sam3 modules (tracker heads, box embeddings): never shrunk
 TINY_SEED = 20251123
