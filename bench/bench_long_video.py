@@ -155,7 +155,7 @@ def one_run(design: str, tree: str | None, model: str, media: str, video: str, f
     if tree:
         env["PYTHONPATH"] = baseline_path(tree, args.workdir)
     serve_args = ["--model", model, "--media-root", media, "--max-frames", str(max(frames, 20000))]
-    serve_args += ["--session-ttl", "36000", "--job-timeout", "3600"]
+    serve_args += ["--session-ttl", "36000", "--job-timeout", "3600", *args.serve_arg]
     with ServeProcess(serve_args, env=env) as server:
         server.wait_ready(args.start_timeout)
         channel = grpc.insecure_channel(server.target)
@@ -239,6 +239,12 @@ def main() -> None:
         help="lengths above this are not run on the baseline (it may not fit)",
     )
     parser.add_argument("--start-timeout", type=float, default=900)
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="an extra flag for the servers, e.g. --serve-arg=--max-objects=1 (repeatable)",
+    )
     args = parser.parse_args()
 
     media = os.path.join(args.workdir, "media")
