@@ -597,6 +597,9 @@ def test_track_interrupted_writes_the_frames_received(start_server, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # A test run started in the background by a non-interactive shell ignores SIGINT, and
+        # children inherit that: give the command the disposition a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         seen = []
