@@ -30,6 +30,7 @@ def child(frames: int, bounded: bool, folder: str) -> dict:
 
     from sam3_grpc.domain import Prompt
     from sam3_grpc.engines.sam3 import Sam3Engine
+    from sam3_grpc.engines.sam3.state import tracked_memories
     from sam3_grpc.media.frames import open_window
 
     engine = Sam3Engine(preset="sam3-tiny", device="cpu", bounded_state=bounded)
@@ -43,11 +44,7 @@ def child(frames: int, bounded: bool, folder: str) -> dict:
     count = sum(1 for _ in engine.propagate(session, list(range(frames)), []))
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    memories = sum(
-        len(s["output_dict"]["non_cond_frame_outputs"])
-        + len(s["output_dict"]["cond_frame_outputs"])
-        for s in session.state["tracker_inference_states"]
-    )
+    memories = tracked_memories(session.state)
     budget = engine.session_budget(window.info, window.capacity)
     return {
         "frames": count,

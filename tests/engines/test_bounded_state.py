@@ -30,6 +30,7 @@ from sam3_grpc.engines.sam3.state import (
     INLINE_MASK_BYTES,
     CompactFrameOutputs,
     StateFootprint,
+    tracked_memories,
 )
 from sam3_grpc.media.frames import open_window
 
@@ -109,14 +110,6 @@ class Run:
     held_bytes: int  # session_nbytes at the end
 
 
-def tracked_memories(session) -> int:
-    return sum(
-        len(s["output_dict"]["non_cond_frame_outputs"])
-        + len(s["output_dict"]["cond_frame_outputs"])
-        for s in session.state["tracker_inference_states"]
-    )
-
-
 Scenario = Callable[
     [Sam3Engine, object, Callable[[Iterator[FrameOutput]], Iterator[FrameOutput]]], list
 ]
@@ -131,7 +124,7 @@ def run(engine: Sam3Engine, clip: str, scenario) -> Run:
 
     def watched(outputs: Iterator[FrameOutput]) -> Iterator[FrameOutput]:
         for output in outputs:
-            peak["memories"] = max(peak["memories"], tracked_memories(session))
+            peak["memories"] = max(peak["memories"], tracked_memories(session.state))
             peak["objects"] = max(peak["objects"], len(engine.object_ids(session)))
             if session.bounds is not None:  # held at every step: within the reservation
                 held = engine.session_nbytes(session)

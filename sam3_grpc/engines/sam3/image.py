@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from sam3_grpc.domain import Box, LabeledBox, Prompt, RawDetection
+from sam3_grpc.engines.sam3.builder import PATCH_SIZE
 from sam3_grpc.errors import InvalidArgument, Reason
 
 # PCS candidates below this score are never returned (the server's default threshold is 0.5).
@@ -84,7 +85,7 @@ class ImagePredictor:
         )
         # Not registered in the model: it only references the tracker's modules (no copy).
         self.interactive = SAM3InteractiveImagePredictor(self.tracker)
-        stride = self.resolution // 14
+        stride = self.resolution // PATCH_SIZE
         self.interactive._bb_feat_sizes = [(stride * 4,) * 2, (stride * 2,) * 2, (stride,) * 2]
         self._text_cache: OrderedDict[str, dict] = OrderedDict()
         self._position_cache: dict[tuple, torch.Tensor] = {}

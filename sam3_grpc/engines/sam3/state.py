@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sam3_grpc.engines.sam3.builder import PATCH_SIZE
+
 # ----- A1: output masks ---------------------------------------------------------------------
 # Python's own cost of one stored mask (object, dict slot, shape tuple), counted with the data.
 _MASK_OVERHEAD = 200
@@ -972,25 +974,37 @@ class SessionBounds:
     def clear_plan(self) -> None:
         self.plan = []
 
-    def tracked_memories(self, state: dict) -> int:
-        """Memories (non-conditioning and conditioning entries) the session's tracker states
-        hold now."""
-        return sum(
-            len(s["output_dict"]["non_cond_frame_outputs"])
-            + len(s["output_dict"]["cond_frame_outputs"])
-            for s in state.get("tracker_inference_states", [])
-        )
+
+def tracked_memories(state: dict) -> int:
+    """Memories (non-conditioning and conditioning entries) a session's tracker states hold
+    now, bounded or not (tests and benchmarks compare the two)."""
+    return sum(
+        len(s["output_dict"]["non_cond_frame_outputs"])
+        + len(s["output_dict"]["cond_frame_outputs"])
+        for s in state.get("tracker_inference_states", [])
+    )
 
 
 # ----- the bound -----------------------------------------------------------------------------
+# sam3's per-frame lists (VI:146-152), one slot a frame; only the prompted frame's slot holds
+# anything but None (a box prompt's tensors).
+PER_FRAME_LISTS = (
+    "previous_stages_out",
+    "per_frame_raw_point_input",
+    "per_frame_raw_box_input",
+    "per_frame_visual_prompt",
+    "per_frame_geometric_prompt",
+    "per_frame_cur_step",
+)
+PER_FRAME_SLOT_BYTES = 8 * (len(PER_FRAME_LISTS) + 2)  # + find_targets, find_metadatas
 FRAMES_IN_FLIGHT = 3
 # Host bytes per object and frame that stay with a session for its whole life: its mask's record
 # (the encoded mask itself when it is at most INLINE_MASK_BYTES, else it is on disk), its
 # tracker score (packed) and its tracker state's one byte in `TrackedFrames`.
 RESULT_BYTES_PER_OBJECT_FRAME = _MASK_OVERHEAD + INLINE_MASK_BYTES + _SCORE_ROW.itemsize + 1
 # Host bytes per frame whatever the objects: the frame's entries in the results and score maps
-# and its slots in sam3's per-frame lists (video.PER_FRAME_SLOT_BYTES).
-FRAME_BYTES = _FRAME_OVERHEAD + 120 + 64
+# and its slots in sam3's per-frame lists.
+FRAME_BYTES = _FRAME_OVERHEAD + 120 + PER_FRAME_SLOT_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1000,9 +1014,10 @@ class StateFootprint:
     test_bounded_state.py` holds sessions to it).
 
     Per session: the frames in flight (`frames_in_flight_bytes`). Per tracked object: every
-    tracker memory a state may keep (rules 1-4 of `SessionBounds`: `MAX_WINDOWS` windows of max_obj_ptrs_in_encoder frames, the first prompted frame, 2(M-1)
-    conditioning frames per window, the hot-start frames of a young state, the frame being
-    computed), each a 64-channel memory feature map at 1/14 of the resolution, the 1/4
+    tracker memory a state may keep (rules 1-4 of `SessionBounds`: `MAX_WINDOWS` windows of
+    max_obj_ptrs_in_encoder frames, the first prompted frame, 2(M-1) conditioning frames per
+    window, the hot-start frames of a young state, the frame being computed), each a
+    64-channel memory feature map at 1/14 of the resolution, the 1/4
     low-resolution mask logits (float32) and the 256-d object pointer; plus
     `RESULT_BYTES_PER_OBJECT_FRAME` per frame; and `FRAME_BYTES` per frame.
     """
@@ -1033,9 +1048,14 @@ class StateFootprint:
         return windows + conditioning + self.hotstart_delay + 1
 
     @property
+    def side(self) -> int:
+        """The backbone's feature map side (one cell per patch)."""
+        return max(1, self.resolution // PATCH_SIZE)
+
+    @property
     def memory_bytes(self) -> int:
         """One tracker memory of one object."""
-        side = max(1, self.resolution // 14)
+        side = self.side
         features = 64 * side * side * self.feature_bytes
         low_res_mask = (4 * side) ** 2 * 4
         pointer = 256 * 4
@@ -1047,7 +1067,7 @@ class StateFootprint:
         encodings, `multigpu_buffer`) and the tracker's backbone outputs with the frame's
         image; for `FRAMES_IN_FLIGHT` frames (the current one, the detector's prefetched next
         one and the last of the previous part, dropped when the part ends). float32."""
-        side = max(1, self.resolution // 14)
+        side = self.side
         levels = sum((n * side) ** 2 for n in (4, 2, 1))  # the pyramid's cells, 4x, 2x, 1x
         detector = 2 * 256 * 4 * levels + self.queries * (4 * side) ** 2 * 4
         tracker = 256 * 4 * (levels + side * side) + 4 * (32 * 16 + 64 * 4 + 256) * side * side
@@ -1056,8 +1076,7 @@ class StateFootprint:
 
     def device_bytes(self, objects: int) -> int:
         """Tensors, on the model's device: the same whatever the video's length."""
-        side = max(1, self.resolution // 14)
-        positional = 64 * side * side * 4  # the memories' shared positional encoding
+        positional = 64 * self.side**2 * 4  # the memories' shared positional encoding
         memories = objects * self.memories_per_object * self.memory_bytes
         return self.frames_in_flight_bytes() + positional + memories
 

@@ -49,8 +49,8 @@ Memory. With `bounded=True` (the default) a session's state does not grow with t
 length (`state.SessionBounds`: compact results, tracker memories pruned to what sam3 can still
 read); `bounded=False` keeps everything sam3 keeps, the reference the bounded state is tested
 against. `VideoRunner.nbytes` counts every tensor a session holds, host frames included, plus
-the compact containers, so the figure bounds what closing the session frees; `per_object_bytes`
-bounds it before the session starts. `close` drops every reference, collects, empties the CUDA
+the compact containers, so the figure bounds what closing the session frees;
+`state.StateFootprint` bounds it before the session starts. `close` drops every reference, collects, empties the CUDA
 cache and trims the C heap (glibc keeps freed pages otherwise, and RSS would not fall).
 """
 
@@ -71,6 +71,8 @@ import torch
 from sam3_grpc.domain import FrameOutput, Prompt, RawDetection
 from sam3_grpc.engines.sam3.state import (
     COMPACT_CONTAINERS,
+    PER_FRAME_LISTS,
+    PER_FRAME_SLOT_BYTES,
     CompactFrameOutputs,
     LazyFindInputs,
     SessionBounds,
@@ -167,19 +169,6 @@ def tensor_nbytes(obj: Any, exclude: set[int] | frozenset[int] = frozenset()) ->
         elif hasattr(item, "__dict__") and type(item).__module__.startswith("sam3"):
             stack.extend(vars(item).values())
     return total
-
-
-# sam3's per-frame lists (VI:146-152), one slot a frame; only the prompted frame's slot holds
-# anything but None (a box prompt's tensors).
-PER_FRAME_LISTS = (
-    "previous_stages_out",
-    "per_frame_raw_point_input",
-    "per_frame_raw_box_input",
-    "per_frame_visual_prompt",
-    "per_frame_geometric_prompt",
-    "per_frame_cur_step",
-)
-PER_FRAME_SLOT_BYTES = 8 * (len(PER_FRAME_LISTS) + 2)  # + find_targets, find_metadatas
 
 
 def release_host_memory() -> None:
@@ -631,13 +620,12 @@ class VideoRunner:
             bounds.advance_plan(index, reverse)
         else:  # with hot start, sam3 computed ahead of what it yielded: to the end of the run
             run = session.state["cached_frame_outputs"].run_containing(frames[0])
-            cursor = (
-                None
-                if run is None
-                else max(run[0], frames[-1])
-                if reverse
-                else min(run[1], frames[-1])
-            )
+            if run is None:
+                cursor = None
+            elif reverse:
+                cursor = max(run[0], frames[-1])
+            else:
+                cursor = min(run[1], frames[-1])
         bounds.tidy(session.state, cursor=cursor, reverse=reverse)
 
     def _release_withheld(self, state: dict, rest: list[int]) -> None:
